@@ -1,0 +1,62 @@
+// Package lock is a distributed mutex on etcd whose waiters write nothing.
+//
+// [Mutex] is a drop-in for etcd's concurrency.Mutex: the same constructor
+// and methods, the same key layout (pfx + "/" + the session's lease ID in
+// hex, owner = the key with the lowest create revision under pfx + "/"), so a
+// [Mutex], a concurrency.Mutex and `etcdctl lock` on one prefix exclude each
+// other.
+//
+// # What it costs etcd
+//
+//   - Waiting in [Mutex.Lock] writes nothing: no key, no revision, no raft
+//     entry, however long and however many waiters. A waiter watches only the
+//     current owner's key and makes a request only when that key is deleted
+//     (or its own session ends).
+//   - A [Mutex.TryLock] that finds the lock held writes nothing. One that wins
+//     writes one revision; one that finds this session already owning writes
+//     nothing.
+//   - Waiters on one client share one etcd watch per owner key, released with
+//     the last of them, and all of a client's watches share one gRPC stream.
+//   - When a deletion wakes several waiters of one client, they attempt one at
+//     a time, and those after the first go back to waiting on the owner the
+//     first one saw, without a request.
+//
+// Unlike etcd's queue, waiters hold no place in line: when the owner leaves,
+// every waiting client makes one conditional attempt and one wins. Under
+// heavy contention on one lock that costs one raft entry per waiting client
+// per handover, where etcd's queue costs one; in exchange nothing is written
+// while waiting.
+//
+// # What it guarantees, and what it does not
+//
+// A hold is the existence of the Mutex's key in etcd, attached to the
+// session's lease. It ends when [Mutex.Unlock] deletes the key, when the
+// lease expires or is revoked (the session ends), or when anyone deletes the
+// key. [Mutex.Done] and [Mutex.Err] report the end of a hold, but only after
+// the fact: another client may already hold the lock by the time Done is
+// closed, for example when this process was partitioned from etcd and its
+// lease expired. Clocks are never compared across machines, but a paused or
+// partitioned process can act on a hold it has already lost.
+//
+// So guard every write made under the lock with the fencing token: include
+// [Mutex.IsOwner] in the transaction that writes, or compare your own stored
+// token with [Mutex.Rev], which grows with every new hold. etcd then refuses
+// a stale holder's write.
+//
+// # Errors and cleanup
+//
+// Every call that fails leaves nothing of its own in etcd: no key, no watch,
+// no goroutine. A write in progress when ctx is cancelled is allowed to
+// finish (bounded by 5 s) so that its outcome is known and can be undone;
+// cancellation then takes effect. If the outcome of a claim stays unknown (a
+// lost connection) the key is read back and removed before the call returns;
+// only a claim delayed in the network beyond that read can still land, and it
+// is then released with the session or taken over by this Mutex's next call.
+//
+// Invalid input (a nil session, an empty prefix) is reported by every method
+// with [ErrNilSession] or [ErrEmptyPrefix]; an ended session with
+// concurrency.ErrSessionExpired.
+//
+// Do not share one session between two Mutexes on the same prefix: they map
+// to the same key and so to the same hold, as with etcd's Mutex.
+package lock
