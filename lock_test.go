@@ -13,6 +13,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/quietlock/quietlock/internal/testetcd"
 	"github.com/quietlock/quietlock/internal/watchwait"
@@ -722,4 +725,108 @@ func TestBadInput(t *testing.T) {
 	}
 	unlockOrFatal(t, ab)
 	unlockOrFatal(t, a)
+}
+
+// faults lets a test act on the next Txn a client sends: before it is sent,
+// or after it was applied but before its answer reaches the caller.
+type faults struct {
+	mu     sync.Mutex
+	before func()
+	lose   bool // the next Txn is applied, but its caller gets an error
+}
+
+var errLostAnswer = errors.New("test: answer lost")
+
+func (f *faults) interceptor(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if method != "/etcdserverpb.KV/Txn" {
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	f.mu.Lock()
+	before, lose := f.before, f.lose
+	f.before, f.lose = nil, false
+	f.mu.Unlock()
+	if before != nil {
+		before()
+	}
+	err := invoker(ctx, method, req, reply, cc, opts...)
+	if lose && err == nil {
+		return status.Error(codes.Unavailable, errLostAnswer.Error())
+	}
+	return err
+}
+
+func (f *faults) set(before func(), lose bool) {
+	f.mu.Lock()
+	f.before, f.lose = before, lose
+	f.mu.Unlock()
+}
+
+// Calls whose outcome is decided while the caller is gone or deaf leave
+// nothing behind and report the truth.
+func TestUnknownOutcomes(t *testing.T) {
+	c := testetcd.New(t)
+	const pfx = "/quietlock/test/outcomes"
+	f := &faults{}
+	cli := testetcd.NewInterceptedClient(t, c.Endpoint, f.interceptor)
+	m := lock.NewMutex(testetcd.NewSession(t, cli, ttl), pfx)
+
+	t.Run("claim wins after ctx is cancelled", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		f.set(cancel, false) // cancel just as the claim is sent
+		base := c.Stats()
+		if err := m.Lock(ctx); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Lock: got %v, want %v", err, context.Canceled)
+		}
+		if got := c.Keys(pfx + "/"); len(got) != 0 {
+			t.Errorf("keys left: %q", got)
+		}
+		// The claim landed and was undone: a put and a delete.
+		if got, want := c.Stats().Revision-base.Revision, int64(2); got != want {
+			t.Errorf("revisions: got %d, want %d", got, want)
+		}
+		if m.Rev() != 0 || m.Key() != "" {
+			t.Errorf("Mutex holds after a cancelled Lock: Rev %d, Key %q", m.Rev(), m.Key())
+		}
+	})
+
+	t.Run("TryLock claim applied, answer lost", func(t *testing.T) {
+		f.set(nil, true)
+		if err := m.TryLock(t.Context()); err == nil {
+			t.Fatal("TryLock: got nil, want the injected error")
+		}
+		if got := c.Keys(pfx + "/"); len(got) != 0 {
+			t.Errorf("keys left after a failed TryLock: %q", got)
+		}
+	})
+
+	t.Run("Lock claim applied, answer lost", func(t *testing.T) {
+		// Lock retries the transient error; its next read finds its own key.
+		f.set(nil, true)
+		base := c.Stats()
+		lockOrFatal(t, m)
+		if got, want := c.Keys(pfx+"/"), []string{m.Key()}; !slices.Equal(got, want) {
+			t.Errorf("keys: got %q, want %q", got, want)
+		}
+		if got, want := c.Stats().Revision-base.Revision, int64(1); got != want {
+			t.Errorf("revisions: got %d, want %d", got, want)
+		}
+	})
+
+	t.Run("Unlock applied, answer lost", func(t *testing.T) {
+		f.set(nil, true)
+		if err := m.Unlock(t.Context()); err == nil {
+			t.Fatal("Unlock: got nil, want the injected error")
+		}
+		if m.Key() == "" {
+			t.Fatal("Mutex dropped its hold before etcd confirmed")
+		}
+		unlockOrFatal(t, m) // the retry finds the key gone: our own delete
+		<-m.Done()
+		if got := m.Err(); got != lock.ErrUnlocked {
+			t.Errorf("Err: got %v, want %v", got, lock.ErrUnlocked)
+		}
+		if err := m.Unlock(t.Context()); !errors.Is(err, lock.ErrNotHeld) {
+			t.Errorf("third Unlock: got %v, want %v", err, lock.ErrNotHeld)
+		}
+	})
 }

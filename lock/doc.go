@@ -46,17 +46,27 @@
 // # Errors and cleanup
 //
 // Every call that fails leaves nothing of its own in etcd: no key, no watch,
-// no goroutine. A write in progress when ctx is cancelled is allowed to
-// finish (bounded by 5 s) so that its outcome is known and can be undone;
-// cancellation then takes effect. If the outcome of a claim stays unknown (a
-// lost connection) the key is read back and removed before the call returns;
+// no goroutine. A claim in flight when ctx is cancelled is allowed to finish
+// (bounded by 5 s) so that its outcome is known; if it won, it is undone and
+// the call returns ctx's error. If the outcome of a claim stays unknown (its
+// answer was lost) the key is read back and removed before the call returns;
 // only a claim delayed in the network beyond that read can still land, and it
 // is then released with the session or taken over by this Mutex's next call.
+// Lock retries transient etcd errors (no leader, a lost connection) with a
+// backoff; TryLock and Unlock return them.
+//
+// Errors from etcd are wrapped: test them with errors.Is. etcd's own
+// sentinels are returned as they are where the API mirrors etcd's
+// (concurrency.ErrLocked, concurrency.ErrSessionExpired); [ErrNotHeld]
+// matches concurrency.ErrLockReleased through errors.Is only.
 //
 // Invalid input (a nil session, an empty prefix) is reported by every method
 // with [ErrNilSession] or [ErrEmptyPrefix]; an ended session with
 // concurrency.ErrSessionExpired.
 //
 // Do not share one session between two Mutexes on the same prefix: they map
-// to the same key and so to the same hold, as with etcd's Mutex.
+// to the same key and so to the same hold, as with etcd's Mutex. Nor nest
+// prefixes ("/a" and "/a/b"): as with etcd's Mutex, keys of "/a/b" count as
+// contenders for "/a". There is no NewLocker: sync.Locker cannot report
+// errors, and etcd's panics on them.
 package lock

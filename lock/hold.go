@@ -20,8 +20,8 @@ type hold struct {
 	once sync.Once
 	err  error // written once, before done is closed
 
-	// unlocking is set while Unlock's delete is in flight, so that the
-	// watcher seeing that delete reports ErrUnlocked, not ErrKeyDeleted.
+	// unlocking is set once Unlock has sent a delete, so that the watcher
+	// seeing that delete reports ErrUnlocked, not ErrKeyDeleted.
 	unlocking atomic.Bool
 
 	// exited is nil until a watcher goroutine is started by Done or Err,
@@ -72,7 +72,8 @@ func (m *Mutex) Done() <-chan struct{} {
 }
 
 // Err returns nil while the current hold lasts and, once [Mutex.Done] is
-// closed, why it ended: [ErrUnlocked], [ErrKeyDeleted],
+// closed, why it ended. Like Done it speaks of one hold: after the next Lock
+// it speaks of the new one. The reasons: [ErrUnlocked], [ErrKeyDeleted],
 // concurrency.ErrSessionExpired, or a wrapped watch error. Before the first
 // hold it returns [ErrNotHeld]; on an invalid Mutex, the input error.
 func (m *Mutex) Err() error {

@@ -267,18 +267,26 @@ func (c *Cluster) NewCountingClient() (*clientv3.Client, *atomic.Int64) {
 func NewCountingClient(t testing.TB, endpoint string) (*clientv3.Client, *atomic.Int64) {
 	t.Helper()
 	n := new(atomic.Int64)
+	cli := NewInterceptedClient(t, endpoint, func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		n.Add(1)
+		return invoker(ctx, method, req, reply, cc, opts...)
+	})
+	return cli, n
+}
+
+// NewInterceptedClient returns a new client of endpoint whose unary
+// requests all go through f, for tests that inject a failure at an exact
+// point. The client is closed when the test ends.
+func NewInterceptedClient(t testing.TB, endpoint string, f grpc.UnaryClientInterceptor) *clientv3.Client {
+	t.Helper()
 	cfg := ClientConfig(endpoint)
-	cfg.DialOptions = append(cfg.DialOptions, grpc.WithChainUnaryInterceptor(
-		func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			n.Add(1)
-			return invoker(ctx, method, req, reply, cc, opts...)
-		}))
+	cfg.DialOptions = append(cfg.DialOptions, grpc.WithChainUnaryInterceptor(f))
 	cli, err := clientv3.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
-	return cli, n
+	return cli
 }
 
 // Stats returns the server's counters; it fails the test on error.

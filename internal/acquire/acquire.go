@@ -1,0 +1,260 @@
+// Package acquire is the zero-write way to take a prefix that lock.Mutex
+// and elect.Election share: read the owner, write only when the prefix is
+// empty, and otherwise wait in watchwait for the owner's key to be deleted.
+//
+// The owner of a prefix is the key with the lowest create revision under it,
+// as in etcd's concurrency package. A contender's key is the prefix followed
+// by its session's lease ID in hex.
+package acquire
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/quietlock/quietlock/internal/retry"
+	"github.com/quietlock/quietlock/internal/watchwait"
+)
+
+// WriteTimeout bounds a write that runs on after its caller's context is
+// cancelled, and each cleanup after a failed call.
+const WriteTimeout = 5 * time.Second
+
+// errUnsure marks a claim whose outcome is unknown: the key may exist.
+var errUnsure = errors.New("outcome of claim unknown")
+
+// Contender is one session's claim on one prefix.
+type Contender struct {
+	Session *concurrency.Session
+	Prefix  string // ends with "/"
+	Pkg     string // prefix of error messages: "lock", "elect"
+}
+
+// Key is the key the contender holds the prefix with.
+func (c Contender) Key() string { return fmt.Sprintf("%s%x", c.Prefix, c.Session.Lease()) }
+
+// Result is the owner of the prefix after an attempt.
+type Result struct {
+	Owner  watchwait.Owner
+	Value  []byte             // the owner key's value
+	Header *pb.ResponseHeader // of the response that named the owner
+	Won    bool               // the owner is the contender's key
+	Wrote  bool               // this attempt created the key
+}
+
+// Try makes one attempt to take the prefix. It returns a Result with Won
+// false when someone else owns it, having written nothing. On error nothing
+// of this call is left in etcd; if ctx ended, the error is ctx's.
+func Try(ctx context.Context, c Contender, val string) (Result, error) {
+	r, err := c.attempt(ctx, nil, val)
+	if err != nil {
+		return Result{}, c.abandon(ctx, ctx, err, errors.Is(err, errUnsure))
+	}
+	return c.settle(ctx, r)
+}
+
+// Acquire takes the prefix, waiting as long as ctx allows. While waiting it
+// writes nothing and sends nothing: it watches the owner's key and attempts
+// again only when that key is deleted. It returns
+// concurrency.ErrSessionExpired as soon as the session ends and ctx's error
+// when ctx ends first; on every error nothing of this call is left in etcd.
+// Transient etcd errors are retried with a backoff.
+func Acquire(ctx context.Context, c Contender, val string) (Result, error) {
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(c.Session.Ctx(), func() { cancel(concurrency.ErrSessionExpired) })
+	defer stop()
+
+	var (
+		w      *watchwait.Waiter
+		known  *watchwait.Owner // owner seen by the previous local attempter
+		unsure bool             // a claim of ours may have landed unseen
+		bo     *backoff.ExponentialBackOff
+	)
+	leave := func(next *watchwait.Owner) {
+		if w != nil {
+			w.Leave(next)
+			w = nil
+		}
+	}
+	defer leave(nil)
+	fail := func(err error) (Result, error) {
+		leave(nil)
+		return Result{}, c.abandon(ctx, wctx, err, unsure)
+	}
+	for {
+		r, err := c.attempt(wctx, known, val)
+		known = nil
+		if err != nil {
+			// Hand the turn on without an observation.
+			leave(nil)
+			unsure = unsure || errors.Is(err, errUnsure)
+			if wctx.Err() == nil && retry.Transient(err) {
+				if bo == nil {
+					bo = retry.NewBackOff()
+				}
+				if retry.Sleep(wctx, bo.NextBackOff()) == nil {
+					continue
+				}
+			}
+			return fail(err)
+		}
+		// Hand the turn on with what this attempt saw, so the next local
+		// waiter can go back to waiting without a request.
+		leave(&r.Owner)
+		if r.Won {
+			return c.settle(ctx, r)
+		}
+		bo = nil
+
+		w = watchwait.Join(c.Session.Client(), r.Owner)
+		select {
+		case <-w.Deleted():
+		case <-wctx.Done():
+			return fail(wctx.Err())
+		}
+		if err := w.Err(); err != nil {
+			return fail(fmt.Errorf("%s: waiting for %s: %w", c.Pkg, r.Owner.Key, err))
+		}
+		if known, err = w.Turn(wctx); err != nil {
+			return fail(err)
+		}
+	}
+}
+
+// attempt makes one try. It reads the owner (or takes known, an owner that
+// another local waiter saw after the same deletion) and writes only when the
+// prefix is empty, with a transaction that cannot put a key behind an owner.
+func (c Contender) attempt(ctx context.Context, known *watchwait.Owner, val string) (Result, error) {
+	cli := c.Session.Client()
+	me := c.Key()
+	if known != nil && known.Key != me {
+		return Result{Owner: *known}, nil
+	}
+	resp, err := cli.Get(ctx, c.Prefix, clientv3.WithFirstCreate()...)
+	if err != nil {
+		return Result{}, fmt.Errorf("%s: read %s: %w", c.Pkg, c.Prefix, err)
+	}
+	if len(resp.Kvs) > 0 {
+		return c.saw(resp.Kvs[0], resp.Header), nil
+	}
+
+	// The write runs to completion even if ctx is cancelled meanwhile, so
+	// that its outcome is known and, if the caller has gone, undone.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), WriteTimeout)
+	defer cancel()
+	tresp, err := cli.Txn(wctx).
+		If(clientv3.Compare(clientv3.CreateRevision(c.Prefix), "=", 0).WithPrefix()).
+		Then(clientv3.OpPut(me, val, clientv3.WithLease(c.Session.Lease()))).
+		Else(clientv3.OpGet(c.Prefix, clientv3.WithFirstCreate()...)).
+		Commit()
+	switch {
+	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		return Result{}, concurrency.ErrSessionExpired
+	case err != nil:
+		return Result{}, fmt.Errorf("%s: claim %s: %w: %w", c.Pkg, me, errUnsure, err)
+	case tresp.Succeeded:
+		rev := tresp.Header.Revision
+		return Result{
+			Owner:  watchwait.Owner{Prefix: c.Prefix, Key: me, CreateRev: rev, Rev: rev},
+			Value:  []byte(val),
+			Header: tresp.Header,
+			Won:    true,
+			Wrote:  true,
+		}, nil
+	}
+	kvs := tresp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		// The compare failed, so some key existed in the same revision.
+		return Result{}, fmt.Errorf("%s: claim %s: failed with no owner at revision %d", c.Pkg, me, tresp.Header.Revision)
+	}
+	return c.saw(kvs[0], tresp.Header), nil
+}
+
+func (c Contender) saw(kv *mvccpb.KeyValue, hdr *pb.ResponseHeader) Result {
+	o := watchwait.Owner{Prefix: c.Prefix, Key: string(kv.Key), CreateRev: kv.CreateRevision, Rev: hdr.Revision}
+	return Result{Owner: o, Value: kv.Value, Header: hdr, Won: o.Key == c.Key()}
+}
+
+// settle returns a won result, unless this call's claim won after ctx had
+// ended: then the key is removed again, so that a cancelled call holds
+// nothing, and ctx's error is returned.
+func (c Contender) settle(ctx context.Context, r Result) (Result, error) {
+	err := CtxErr(ctx)
+	if !r.Wrote || err == nil {
+		return r, nil
+	}
+	if rerr := c.remove(ctx, r.Owner.CreateRev); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
+	return Result{}, err
+}
+
+// abandon turns the error that ends an attempt into what the caller gets,
+// and removes a key that a claim of unknown outcome may have left.
+func (c Contender) abandon(ctx, wctx context.Context, err error, unsure bool) error {
+	switch cerr := CtxErr(ctx); {
+	case cerr != nil:
+		err = cerr
+	case errors.Is(context.Cause(wctx), concurrency.ErrSessionExpired):
+		err = concurrency.ErrSessionExpired
+	}
+	if unsure {
+		if rerr := c.dropStray(ctx); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}
+	return err
+}
+
+// dropStray deletes the contender's key if a claim whose outcome was unknown
+// created it. The key can exist only through such a claim: a claim is sent
+// only when the prefix, and so the key, was found empty.
+func (c Contender) dropStray(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), WriteTimeout)
+	defer cancel()
+	resp, err := c.Session.Client().Get(ctx, c.Key())
+	if err != nil {
+		return fmt.Errorf("%s: remove %s after failed claim: %w", c.Pkg, c.Key(), err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil
+	}
+	return c.remove(ctx, resp.Kvs[0].CreateRevision)
+}
+
+// remove deletes the contender's key if its create revision is still rev.
+func (c Contender) remove(ctx context.Context, rev int64) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), WriteTimeout)
+	defer cancel()
+	_, err := c.Session.Client().Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(c.Key()), "=", rev)).
+		Then(clientv3.OpDelete(c.Key())).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("%s: remove %s: %w", c.Pkg, c.Key(), err)
+	}
+	return nil
+}
+
+// CtxErr is ctx.Err(), or context.DeadlineExceeded once ctx's deadline has
+// passed even if its timer has not fired yet: etcd enforces the deadline on
+// its side too and may answer "request timed out" first.
+func CtxErr(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
