@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log"
-	"os"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
@@ -18,15 +17,11 @@ import (
 // startEtcd starts an embedded etcd for the examples and returns its
 // endpoint and a function that stops it.
 func startEtcd() (endpoint string, stop func()) {
-	dir, err := os.MkdirTemp("", "quietlock-example")
+	endpoint, stop, err := testetcd.StartInTempDir()
 	if err != nil {
 		log.Fatal(err)
 	}
-	srv, err := testetcd.Start(dir)
-	if err != nil {
-		log.Fatal(err)
-	}
-	return srv.Endpoint, func() { srv.Close(); os.RemoveAll(dir) }
+	return endpoint, stop
 }
 
 func Example() {

@@ -37,6 +37,25 @@ type Contender struct {
 	Session *concurrency.Session
 	Prefix  string // ends with "/"
 	Pkg     string // prefix of error messages: "lock", "elect"
+	Hooks   *Hooks // optional
+}
+
+// Hooks count what a contender sends; each may be nil.
+type Hooks struct {
+	Attempt func() // an attempt that sends a request (a read, maybe a claim)
+	Write   func() // a write: a claim or the removal of a key
+}
+
+func (h *Hooks) attempt() {
+	if h != nil && h.Attempt != nil {
+		h.Attempt()
+	}
+}
+
+func (h *Hooks) write() {
+	if h != nil && h.Write != nil {
+		h.Write()
+	}
 }
 
 // Key is the key the contender holds the prefix with.
@@ -140,6 +159,7 @@ func (c Contender) attempt(ctx context.Context, known *watchwait.Owner, val stri
 	if known != nil && known.Key != me {
 		return Result{Owner: *known}, nil
 	}
+	c.Hooks.attempt()
 	resp, err := cli.Get(ctx, c.Prefix, clientv3.WithFirstCreate()...)
 	if err != nil {
 		return Result{}, fmt.Errorf("%s: read %s: %w", c.Pkg, c.Prefix, err)
@@ -152,6 +172,7 @@ func (c Contender) attempt(ctx context.Context, known *watchwait.Owner, val stri
 	// that its outcome is known and, if the caller has gone, undone.
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), WriteTimeout)
 	defer cancel()
+	c.Hooks.write()
 	tresp, err := cli.Txn(wctx).
 		If(clientv3.Compare(clientv3.CreateRevision(c.Prefix), "=", 0).WithPrefix()).
 		Then(clientv3.OpPut(me, val, clientv3.WithLease(c.Session.Lease()))).
@@ -236,6 +257,7 @@ func (c Contender) dropStray(ctx context.Context) error {
 func (c Contender) remove(ctx context.Context, rev int64) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), WriteTimeout)
 	defer cancel()
+	c.Hooks.write()
 	_, err := c.Session.Client().Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(c.Key()), "=", rev)).
 		Then(clientv3.OpDelete(c.Key())).

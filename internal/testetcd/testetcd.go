@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -341,4 +342,19 @@ func NewSession(t testing.TB, cli *clientv3.Client, ttl int) *concurrency.Sessio
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// StartInTempDir starts a server in a new temporary directory, for examples
+// and benchmarks. stop stops the server and removes the directory.
+func StartInTempDir() (endpoint string, stop func(), err error) {
+	dir, err := os.MkdirTemp("", "quietlock-etcd")
+	if err != nil {
+		return "", nil, fmt.Errorf("testetcd: %w", err)
+	}
+	s, err := Start(dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", nil, err
+	}
+	return s.Endpoint, func() { s.Close(); os.RemoveAll(dir) }, nil
 }

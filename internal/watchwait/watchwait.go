@@ -364,31 +364,8 @@ func (e *entry) retryable(ctx context.Context, err error) bool {
 // next revision not yet seen and the error that ended the watch (nil if the
 // channel closed without one).
 func (e *entry) watch(ctx context.Context, rev int64) (int64, error) {
-	// clientv3 opens a client's watch stream inside Watch; if the Watch
-	// call's context ends before the new stream has accepted the request, the
-	// stream stays open with no watcher. So a release (ctx cancelled) lets a
-	// Watch call in progress finish first, for at most submitGrace, and only
-	// then cancels the watch, which closes a stream it leaves empty.
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(context.WithoutCancel(ctx)))
-	defer cancel()
-	submitted, released := make(chan struct{}), make(chan struct{})
-	stop := context.AfterFunc(ctx, func() {
-		defer close(released)
-		t := time.NewTimer(submitGrace)
-		defer t.Stop()
-		select {
-		case <-submitted:
-		case <-t.C:
-		}
-		cancel()
-	})
-	defer func() {
-		if !stop() {
-			<-released
-		}
-	}()
-	wch := e.k.c.Watch(wctx, e.k.key, clientv3.WithRev(rev))
-	close(submitted)
+	wch, stop := Open(ctx, e.k.c, e.k.key, clientv3.WithRev(rev))
+	defer stop()
 	for wr := range wch {
 		if err := wr.Err(); err != nil {
 			return rev, err
@@ -409,6 +386,39 @@ func (e *entry) watch(ctx context.Context, rev int64) (int64, error) {
 		}
 	}
 	return rev, nil
+}
+
+// Open opens an etcd watch on the client's shared watch stream: its context
+// carries no gRPC metadata but [clientv3.WithRequireLeader], whatever ctx
+// carries. The watch ends when ctx ends or stop is called; stop returns once
+// the watch is cancelled and must be called on every path.
+//
+// clientv3 opens a client's watch stream inside Watch; if the Watch call's
+// context ends before the new stream has accepted the request, the stream
+// stays open with no watcher. So when ctx ends while the Watch call is in
+// progress, the call is let finish first, for at most submitGrace, and only
+// then is the watch cancelled, which closes a stream it leaves empty.
+func Open(ctx context.Context, c *clientv3.Client, key string, opts ...clientv3.OpOption) (wch clientv3.WatchChan, stop func()) {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
+	submitted, released := make(chan struct{}), make(chan struct{})
+	stopAfter := context.AfterFunc(ctx, func() {
+		defer close(released)
+		t := time.NewTimer(submitGrace)
+		defer t.Stop()
+		select {
+		case <-submitted:
+		case <-t.C:
+		}
+		cancel()
+	})
+	wch = c.Watch(wctx, key, opts...)
+	close(submitted)
+	return wch, func() {
+		if !stopAfter() {
+			<-released
+		}
+		cancel()
+	}
 }
 
 // reread reads the key and records what its state says about older
