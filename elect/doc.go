@@ -30,7 +30,19 @@
 // create-revision comparison), and etcd refuses it from a leader whose term
 // has ended.
 //
+// The early step-down needs a direct connection to etcd: through etcd's gRPC
+// proxy, a renewal may be answered from an older renewal of the proxy's own.
+//
 // [Election] alone does not step down early: its leadership ends when the key
 // goes, and [Election.Observe] reports that after the fact. Use [Run] for a
 // leader that must not overlap with its successor.
+//
+// # Differences from concurrency.Election
+//
+// Campaign, Proclaim and Resign behave as etcd's do, with these deliberate
+// differences: Campaign returns concurrency.ErrSessionExpired when its
+// session ends; Key and Rev return "" and 0 while the Election does not lead
+// (etcd's keep the last values, and return the candidate's key while it
+// waits, though a waiting candidate here has no key); and a Resign that fails
+// keeps the Election leading, so it can be retried (etcd's forgets).
 package elect

@@ -34,11 +34,11 @@ func newMetrics(reg prometheus.Registerer, pfx string) (*metrics, error) {
 		}),
 		writes: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "quietlock", Subsystem: "elect", Name: "writes_total",
-			Help: "Requests that cost etcd a raft entry: lease grants and revokes, claims, resignations.", ConstLabels: labels,
+			Help: "Requests sent that cost etcd a raft entry if they reach it: lease grants and revokes, claims, resignations.", ConstLabels: labels,
 		}),
 		watchRestarts: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "quietlock", Subsystem: "elect", Name: "watch_restarts_total",
-			Help: "Times the watch that follows the leader had to be re-established (compaction, lost connection, no leader).", ConstLabels: labels,
+			Help: "Times following the leader had to start over after a failed read or watch (compaction, lost connection, no leader).", ConstLabels: labels,
 		}),
 	}
 	if reg == nil {

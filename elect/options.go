@@ -15,9 +15,10 @@ const (
 	DefaultTTL = 10 * time.Second
 
 	// DefaultSafetyMargin is how long before the earliest moment its lease
-	// could expire a leader that hears nothing from etcd steps down. It must
-	// cover this process's scheduling delays and the time the leading
-	// callback needs to stop acting once its context is cancelled.
+	// could expire a leader that hears nothing from etcd steps down, unless
+	// a quarter of the TTL is less. It must cover this process's scheduling
+	// delays and the time the leading callback needs to stop acting once its
+	// context is cancelled.
 	DefaultSafetyMargin = time.Second
 )
 
@@ -28,7 +29,7 @@ type Option interface {
 
 type options struct {
 	ttl    time.Duration
-	margin time.Duration
+	margin *time.Duration // nil: the default
 	log    *slog.Logger
 	reg    prometheus.Registerer
 }
@@ -52,14 +53,15 @@ func WithTTL(ttl time.Duration) Option {
 
 // WithSafetyMargin sets how long before the earliest possible expiry of its
 // lease a leader that has not heard from etcd steps down (default
-// [DefaultSafetyMargin]). It must be at least 0 and less than half the TTL,
-// so that keepalives have time to be answered.
+// [DefaultSafetyMargin], or a quarter of the TTL if that is less). It must be
+// positive, to cover this process's own timer and scheduling delays, and
+// less than half the TTL, so that renewals have time to be answered.
 func WithSafetyMargin(d time.Duration) Option {
 	return optionFunc(func(o *options) error {
-		if d < 0 {
-			return fmt.Errorf("%w: negative safety margin %v", ErrBadOption, d)
+		if d <= 0 {
+			return fmt.Errorf("%w: safety margin %v is not positive", ErrBadOption, d)
 		}
-		o.margin = d
+		o.margin = &d
 		return nil
 	})
 }
@@ -90,7 +92,7 @@ func WithRegisterer(r prometheus.Registerer) Option {
 }
 
 func newOptions(opts []Option) (*options, error) {
-	o := &options{ttl: DefaultTTL, margin: DefaultSafetyMargin, log: slog.New(slog.DiscardHandler)}
+	o := &options{ttl: DefaultTTL, log: slog.New(slog.DiscardHandler)}
 	for _, opt := range opts {
 		if opt == nil {
 			return nil, fmt.Errorf("%w: nil option", ErrBadOption)
@@ -99,8 +101,12 @@ func newOptions(opts []Option) (*options, error) {
 			return nil, err
 		}
 	}
-	if 2*o.margin >= o.ttl {
-		return nil, fmt.Errorf("%w: safety margin %v is not less than half the TTL %v", ErrBadOption, o.margin, o.ttl)
+	if o.margin == nil {
+		m := min(DefaultSafetyMargin, o.ttl/4)
+		o.margin = &m
+	}
+	if 2**o.margin >= o.ttl {
+		return nil, fmt.Errorf("%w: safety margin %v is not less than half the TTL %v", ErrBadOption, *o.margin, o.ttl)
 	}
 	return o, nil
 }

@@ -24,21 +24,26 @@ type Callbacks struct {
 	// OnStartedLeading is called when this process becomes leader, in a
 	// goroutine of its own. ctx is the term's context: it is cancelled, with
 	// a cause wrapping ErrLeadershipLost that context.Cause returns, the
-	// moment the term ends, and before another candidate can be elected
-	// unless etcd itself revoked the lease. The function should stop acting
-	// as leader and return when ctx is done; the term's key is not released
-	// to a successor before it has returned. Returning early does not end
-	// the term.
+	// moment the term ends; when the term ends because etcd may soon expire
+	// the lease, that is before etcd can. The function should stop acting as
+	// leader and return when ctx is done. Run resigns (releases the key to a
+	// successor) only after it has returned; a term that ended because the
+	// lease was lost or the key deleted has no key left to hold back.
+	// Returning early does not end the term.
 	OnStartedLeading func(ctx context.Context, term *Term)
 
-	// OnStoppedLeading is called after OnStartedLeading has returned and the
-	// leader key has been released, with the reason the term ended (see
-	// ErrLeadershipLost).
+	// OnStoppedLeading is called after OnStartedLeading has returned and Run
+	// has tried to resign, with the reason the term ended (see
+	// ErrLeadershipLost). If resigning failed the key goes when the
+	// session's lease is revoked or expires.
 	OnStoppedLeading func(term *Term, reason error)
 
 	// OnNewLeader is called with the identity of each new leader, this
 	// process included, and with "" when there is no leader. Consecutive
-	// calls have different identities.
+	// calls have different identities. It reports who holds the leader key
+	// in etcd: this process's identity can be reported a moment before its
+	// term starts, or for a term that never starts because its first lease
+	// renewal failed.
 	OnNewLeader func(identity string)
 }
 
@@ -59,8 +64,9 @@ type Callbacks struct {
 // down before anyone else can be elected, without comparing clocks across
 // machines. A term also ends when the session ends, when the leader key is
 // deleted by anyone, and when ctx ends. After a term, Run starts a fresh
-// session and campaigns again. Transient etcd errors are retried with a
-// backoff.
+// session and campaigns again, after a backoff if the term ended abnormally.
+// Errors etcd returns are retried with a backoff, except those that cannot
+// go away (permission denied, invalid argument): Run returns them.
 //
 // With [WithRegisterer], Run keeps these metrics, labelled with the prefix:
 // quietlock_elect_is_leader, quietlock_elect_leadership_changes_total,
@@ -105,6 +111,8 @@ func Run(ctx context.Context, cli *clientv3.Client, pfx, identity string, cb Cal
 			return nil
 		case cli.Ctx().Err() != nil:
 			return ErrClientClosed
+		case retry.Permanent(err):
+			return err
 		case err != nil:
 			r.o.log.Warn("elect: campaigning again after an error", "prefix", pfx, "identity", identity, "err", err)
 			if retry.Sleep(ctx, bo.NextBackOff()) != nil {
@@ -178,20 +186,37 @@ func (r *runner) session(ctx context.Context) error {
 	return r.lead(ctx, s, e)
 }
 
-// lead runs the term e has just won, until it ends.
+// lead runs the term e has just won, until it ends. It returns nil when the
+// term ended because Run's context did, and why it ended otherwise.
 func (r *runner) lead(ctx context.Context, s *concurrency.Session, e *Election) error {
 	t := &Term{Identity: r.identity, Key: e.Key(), Token: e.Rev(), cli: r.cli}
-	lc := leaseClock{cli: r.cli, id: s.Lease(), margin: r.o.margin}
+	margin := *r.o.margin
+
+	// Renew the lease on a clock of our own for the whole term.
+	lc := leaseClock{cli: r.cli, id: s.Lease(), margin: margin}
+	rctx, stopRenewing := context.WithCancel(ctx)
+	renewals := make(chan renewal, 1)
+	var renewing sync.WaitGroup
+	renewing.Add(1)
+	go func() {
+		defer renewing.Done()
+		lc.run(rctx, (r.o.ttl-margin)/3, renewals)
+	}()
+	stopRenewals := func() {
+		stopRenewing()
+		renewing.Wait()
+	}
 
 	// Learn how long the lease lasts at least before acting as leader: the
 	// claim that won says nothing about when the lease was last renewed.
-	first := lc.probe(ctx, time.Now().Add(r.o.ttl-r.o.margin))
-	if first.err == nil && !time.Now().Before(first.deadline) {
-		first.err = ErrLeaseDeadline
-	}
-	if first.err != nil {
+	deadline, err := r.firstDeadline(ctx, renewals)
+	if err != nil {
+		stopRenewals()
 		r.resign(ctx, e)
-		return fmt.Errorf("elect: renew lease after election: %w", first.err)
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("elect: after election: %w", err)
 	}
 
 	w := watchwait.Join(r.cli, watchwait.Owner{Prefix: e.pfx, Key: t.Key, CreateRev: t.Token, Rev: e.Header().Revision})
@@ -210,20 +235,53 @@ func (r *runner) lead(ctx context.Context, s *concurrency.Session, e *Election) 
 		}
 	}()
 
-	reason := r.hold(ctx, s, w, lc, first.deadline)
+	reason := r.hold(ctx, s, w, renewals, deadline)
+	// End the term first: nothing may delay telling the leader.
 	end(fmt.Errorf("%w: %w", ErrLeadershipLost, reason))
+	stopRenewals()
 	<-started
 	r.m.isLeader.Set(0)
 	r.m.changes.Inc()
 	r.o.log.Info("elect: stepped down", "prefix", r.pfx, "identity", r.identity, "token", t.Token, "reason", reason)
-	// Only now, with the leading callback returned, may a successor start.
+	// Only now, with the leading callback returned, release the key.
 	if !errors.Is(reason, ErrKeyDeleted) {
 		r.resign(ctx, e)
 	}
 	if r.cb.OnStoppedLeading != nil {
 		r.cb.OnStoppedLeading(t, reason)
 	}
-	return nil
+	if errors.Is(reason, ErrResigned) {
+		return nil
+	}
+	return fmt.Errorf("elect: term %d ended: %w", t.Token, reason)
+}
+
+// firstDeadline waits for the first answered renewal of a term and returns
+// the deadline it proves, or an error if none comes in time or ctx ends.
+func (r *runner) firstDeadline(ctx context.Context, renewals <-chan renewal) (time.Time, error) {
+	give := time.NewTimer(r.o.ttl - *r.o.margin)
+	defer give.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		case <-give.C:
+			return time.Time{}, ErrLeaseDeadline
+		case res := <-renewals:
+			switch {
+			case errors.Is(res.err, errLeaseGone):
+				return time.Time{}, concurrency.ErrSessionExpired
+			case res.err != nil:
+				r.o.log.Debug("elect: lease renewal failed", "prefix", r.pfx, "err", res.err)
+			case ctx.Err() != nil:
+				return time.Time{}, ctx.Err()
+			case !time.Now().Before(res.deadline):
+				return time.Time{}, ErrLeaseDeadline
+			default:
+				return res.deadline, nil
+			}
+		}
+	}
 }
 
 // resign releases the leader key, bounded, whatever ctx's state.
@@ -236,23 +294,11 @@ func (r *runner) resign(ctx context.Context, e *Election) {
 	}
 }
 
-// hold keeps the term until it ends and returns why. It renews the lease
-// every (TTL - margin)/3 and moves the deadline on with each answer.
-func (r *runner) hold(ctx context.Context, s *concurrency.Session, w *watchwait.Waiter, lc leaseClock, deadline time.Time) error {
+// hold keeps the term until it ends and returns why. Each answered renewal
+// moves the deadline on.
+func (r *runner) hold(ctx context.Context, s *concurrency.Session, w *watchwait.Waiter, renewals <-chan renewal, deadline time.Time) error {
 	expire := time.NewTimer(time.Until(deadline))
 	defer expire.Stop()
-	interval := (r.o.ttl - r.o.margin) / 3
-	next := time.NewTimer(interval)
-	defer next.Stop()
-
-	results := make(chan probeResult, 1)
-	var probing sync.WaitGroup
-	pctx, stopProbing := context.WithCancel(ctx)
-	defer func() {
-		stopProbing()
-		probing.Wait()
-	}()
-	inflight := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -266,17 +312,7 @@ func (r *runner) hold(ctx context.Context, s *concurrency.Session, w *watchwait.
 			return ErrKeyDeleted
 		case <-expire.C:
 			return ErrLeaseDeadline
-		case <-next.C:
-			if !inflight {
-				inflight = true
-				probing.Add(1)
-				go func(until time.Time) {
-					defer probing.Done()
-					results <- lc.probe(pctx, until)
-				}(deadline)
-			}
-		case res := <-results:
-			inflight = false
+		case res := <-renewals:
 			switch {
 			case errors.Is(res.err, errLeaseGone):
 				return concurrency.ErrSessionExpired
@@ -286,7 +322,6 @@ func (r *runner) hold(ctx context.Context, s *concurrency.Session, w *watchwait.
 				deadline = res.deadline
 				expire.Reset(time.Until(deadline))
 			}
-			next.Reset(interval)
 		}
 	}
 }
