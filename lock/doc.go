@@ -19,7 +19,8 @@
 //     the last of them, and all of a client's watches share one gRPC stream.
 //   - When a deletion wakes several waiters of one client, they attempt one at
 //     a time, and those after the first go back to waiting on the owner the
-//     first one saw, without a request.
+//     first one saw, without a request. The first sends its conditional claim
+//     at once, without reading first: that is the whole handover.
 //
 // Unlike etcd's queue, waiters hold no place in line: when the owner leaves,
 // every waiting client makes one conditional attempt and one wins. Under

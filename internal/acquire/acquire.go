@@ -74,7 +74,7 @@ type Result struct {
 // false when someone else owns it, having written nothing. On error nothing
 // of this call is left in etcd; if ctx ended, the error is ctx's.
 func Try(ctx context.Context, c Contender, val string) (Result, error) {
-	r, err := c.attempt(ctx, nil, val)
+	r, err := c.attempt(ctx, nil, false, val)
 	if err != nil {
 		return Result{}, c.abandon(ctx, ctx, err, errors.Is(err, errUnsure))
 	}
@@ -96,6 +96,7 @@ func Acquire(ctx context.Context, c Contender, val string) (Result, error) {
 	var (
 		w      *watchwait.Waiter
 		known  *watchwait.Owner // owner seen by the previous local attempter
+		woken  bool             // the owner we waited on is gone
 		unsure bool             // a claim of ours may have landed unseen
 		bo     *backoff.ExponentialBackOff
 	)
@@ -111,8 +112,8 @@ func Acquire(ctx context.Context, c Contender, val string) (Result, error) {
 		return Result{}, c.abandon(ctx, wctx, err, unsure)
 	}
 	for {
-		r, err := c.attempt(wctx, known, val)
-		known = nil
+		r, err := c.attempt(wctx, known, woken, val)
+		known, woken = nil, false
 		if err != nil {
 			// Hand the turn on without an observation.
 			leave(nil)
@@ -147,25 +148,32 @@ func Acquire(ctx context.Context, c Contender, val string) (Result, error) {
 		if known, err = w.Turn(wctx); err != nil {
 			return fail(err)
 		}
+		woken = known == nil
 	}
 }
 
 // attempt makes one try. It reads the owner (or takes known, an owner that
 // another local waiter saw after the same deletion) and writes only when the
 // prefix is empty, with a transaction that cannot put a key behind an owner.
-func (c Contender) attempt(ctx context.Context, known *watchwait.Owner, val string) (Result, error) {
+// Right after the owner's deletion (woken) it skips the read and sends the
+// claim at once: the claim is conditional anyway and names the owner when
+// it fails, and the prefix is most likely empty then, so the read would only
+// delay the handover.
+func (c Contender) attempt(ctx context.Context, known *watchwait.Owner, woken bool, val string) (Result, error) {
 	cli := c.Session.Client()
 	me := c.Key()
 	if known != nil && known.Key != me {
 		return Result{Owner: *known}, nil
 	}
 	c.Hooks.attempt()
-	resp, err := cli.Get(ctx, c.Prefix, clientv3.WithFirstCreate()...)
-	if err != nil {
-		return Result{}, fmt.Errorf("%s: read %s: %w", c.Pkg, c.Prefix, err)
-	}
-	if len(resp.Kvs) > 0 {
-		return c.saw(resp.Kvs[0], resp.Header), nil
+	if !woken {
+		resp, err := cli.Get(ctx, c.Prefix, clientv3.WithFirstCreate()...)
+		if err != nil {
+			return Result{}, fmt.Errorf("%s: read %s: %w", c.Pkg, c.Prefix, err)
+		}
+		if len(resp.Kvs) > 0 {
+			return c.saw(resp.Kvs[0], resp.Header), nil
+		}
 	}
 
 	// The write runs to completion even if ctx is cancelled meanwhile, so
