@@ -18,6 +18,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -33,9 +34,12 @@ const startTimeout = 30 * time.Second
 
 // Server is one running single-member etcd.
 type Server struct {
-	etcd     *embed.Etcd
 	Endpoint string // client URL, http://127.0.0.1:port
 	dir      string
+	cfg      embed.Config
+
+	mu   sync.Mutex
+	etcd *embed.Etcd // nil while closed
 }
 
 // Start starts a single-member etcd with its data in dir. The caller must
@@ -85,7 +89,7 @@ func start(dir string) (*Server, error) {
 		e.Close()
 		return nil, errors.New("embedetcd: server not ready in time")
 	}
-	return &Server{etcd: e, Endpoint: curl.String(), dir: dir}, nil
+	return &Server{etcd: e, Endpoint: curl.String(), dir: dir, cfg: *cfg}, nil
 }
 
 func freePorts(n int) ([]int, error) {
@@ -101,14 +105,32 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-// Close stops the server and waits for it to exit.
-func (s *Server) Close() { s.etcd.Close() }
+// Close stops the server and waits for it to exit. A closed server can be
+// started again with [Server.Revive].
+func (s *Server) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.etcd != nil {
+		s.etcd.Close()
+		s.etcd = nil
+	}
+}
 
 // Restart stops the server and starts it again on the same data directory
 // and ports, as a member restart would.
 func (s *Server) Restart() error {
-	cfg := s.etcd.Config()
-	s.etcd.Close()
+	s.Close()
+	return s.Revive()
+}
+
+// Revive starts a closed server again on the same data directory and ports.
+func (s *Server) Revive() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.etcd != nil {
+		return nil
+	}
+	cfg := s.cfg
 	var err error
 	// The old listeners may take a moment to release their ports.
 	for range 50 {
@@ -128,6 +150,60 @@ func (s *Server) Restart() error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("embedetcd: restart: %w", err)
+}
+
+// StartCluster starts an n-member cluster, member i with its data in
+// dirs[i], and returns once every member is ready. The caller must close
+// every member.
+func StartCluster(dirs []string) ([]*Server, error) {
+	n := len(dirs)
+	ports, err := freePorts(2 * n)
+	if err != nil {
+		return nil, err
+	}
+	cfgs := make([]*embed.Config, n)
+	var initial []string
+	for i := range n {
+		curl := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[2*i])}
+		purl := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[2*i+1])}
+		cfg := embed.NewConfig()
+		cfg.Name = fmt.Sprintf("m%d", i)
+		cfg.Dir = dirs[i]
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{curl}, []url.URL{curl}
+		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{purl}, []url.URL{purl}
+		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+		cfgs[i] = cfg
+		initial = append(initial, fmt.Sprintf("%s=%s", cfg.Name, purl.String()))
+	}
+	servers := make([]*Server, n)
+	closeAll := func() {
+		for _, s := range servers {
+			if s != nil {
+				s.Close()
+			}
+		}
+	}
+	for i, cfg := range cfgs {
+		cfg.InitialCluster = strings.Join(initial, ",")
+		e, err := embed.StartEtcd(cfg)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("embedetcd: start member %d: %w", i, err)
+		}
+		servers[i] = &Server{etcd: e, Endpoint: cfg.ListenClientUrls[0].String(), dir: dirs[i], cfg: *cfg}
+	}
+	for i, s := range servers {
+		select {
+		case <-s.etcd.Server.ReadyNotify():
+		case err := <-s.etcd.Err():
+			closeAll()
+			return nil, fmt.Errorf("embedetcd: member %d: %w", i, err)
+		case <-time.After(startTimeout):
+			closeAll()
+			return nil, fmt.Errorf("embedetcd: member %d not ready in time", i)
+		}
+	}
+	return servers, nil
 }
 
 // ClientConfig is the client configuration tests use for endpoint: quiet,

@@ -6,6 +6,7 @@ package testetcd
 
 import (
 	"context"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,22 +24,31 @@ func ClientConfig(endpoint string) clientv3.Config { return embedetcd.ClientConf
 
 // Cluster is a running etcd server with the helpers tests use on it.
 type Cluster struct {
-	*embedetcd.Server
-	t testing.TB
+	// Endpoint is the server's client URL, http://127.0.0.1:port.
+	Endpoint string
 	// Client is a client for the test's own reads and checks.
 	Client *clientv3.Client
+	t      testing.TB
 }
 
+// EnvEtcd names the environment variable that makes [New] run an etcd
+// binary (its value: the binary's path) instead of the embedded server, so
+// the same tests run against another etcd release.
+const EnvEtcd = "QUIETLOCK_TEST_ETCD"
+
 // New starts a server for the test in t.TempDir() and stops it when the
-// test ends.
+// test ends: the embedded etcd, or the binary named by $QUIETLOCK_TEST_ETCD.
 func New(t testing.TB) *Cluster {
 	t.Helper()
+	if bin := os.Getenv(EnvEtcd); bin != "" {
+		return NewExternal(t, bin)
+	}
 	s, err := embedetcd.Start(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
-	c := &Cluster{Server: s, t: t}
+	c := &Cluster{Endpoint: s.Endpoint, t: t}
 	c.Client = c.NewClient()
 	return c
 }
