@@ -134,7 +134,7 @@ func watchLeader(ctx context.Context, cli *clientv3.Client, rev int64, pfx strin
 	if leader != nil {
 		key, opts = string(leader.Key), opts[:1]
 	}
-	wch, stop := watchwait.Open(ctx, cli, key, opts...)
+	wch, stop := watchwait.Open(ctx, cli, key, watchwait.SubmitGrace, opts...)
 	defer stop()
 	for wr := range wch {
 		if err := wr.Err(); err != nil {

@@ -258,6 +258,8 @@ func Metrics(ctx context.Context, endpoint string, names ...string) ([]float64, 
 	if err != nil {
 		return nil, fmt.Errorf("embedetcd: metrics: %w", err)
 	}
+	// No idle connection may outlive the scrape (or the server).
+	req.Close = true
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("embedetcd: metrics: %w", err)

@@ -14,7 +14,9 @@
 // registry keyed by that client pointer and that key (stable identities, never
 // formatted values). The watch is cancelled, and its goroutine has exited, by
 // the time the last waiter's [Waiter.Leave] returns; the registry then holds
-// nothing for that key. All watches are opened on contexts that carry the same
+// nothing for that key (during an etcd outage the goroutine may outlive Leave
+// until the client reconnects or closes; see [Waiter.Leave]). All watches are
+// opened on contexts that carry the same
 // gRPC metadata (only [clientv3.WithRequireLeader]), so all of a client's
 // watches share one gRPC watch stream.
 //
@@ -55,10 +57,10 @@ import (
 	"github.com/quietlock/quietlock/internal/retry"
 )
 
-// submitGrace bounds how long a release waits for a Watch call in progress
-// to register before cancelling it; it matters only while etcd is
+// SubmitGrace bounds how long the release of a watch waits for a Watch call
+// in progress to register (see Open); it matters only while etcd is
 // unreachable.
-const submitGrace = time.Second
+const SubmitGrace = time.Second
 
 // ErrClientClosed is the error of a waiter whose client was closed.
 var ErrClientClosed = errors.New("watchwait: client closed")
@@ -195,7 +197,9 @@ func (w *Waiter) Turn(ctx context.Context) (*Owner, error) {
 // Leave releases the waiter: it hands on its turn, if it holds one, with
 // next (the owner its attempt saw, or nil), and drops its reference to the
 // watch. When it is the last waiter on the key, Leave cancels the watch and
-// returns after the watch's goroutine has exited. Leave is idempotent.
+// returns after the watch's goroutine has exited, or after SubmitGrace if
+// etcd is unreachable and the goroutine is still opening its watch (it then
+// exits as soon as the client reconnects or closes). Leave is idempotent.
 func (w *Waiter) Leave(next *Owner) {
 	if w.left {
 		return
@@ -224,7 +228,14 @@ func (w *Waiter) Leave(next *Owner) {
 	registry.mu.Unlock()
 	if last {
 		e.cancel()
-		<-e.exited
+		// The goroutine exits at once, unless its Watch call is stuck
+		// opening a stream to an unreachable etcd: then it finishes that
+		// call when the client reconnects or closes, cancels the watch and
+		// exits, and Leave does not wait for it.
+		select {
+		case <-e.exited:
+		case <-time.After(SubmitGrace):
+		}
 	}
 }
 
@@ -364,7 +375,9 @@ func (e *entry) retryable(ctx context.Context, err error) bool {
 // next revision not yet seen and the error that ended the watch (nil if the
 // channel closed without one).
 func (e *entry) watch(ctx context.Context, rev int64) (int64, error) {
-	wch, stop := Open(ctx, e.k.c, e.k.key, clientv3.WithRev(rev))
+	// Never abandon a Watch call in progress (see Open): Leave waits for
+	// it only so long, and this goroutine finishes it otherwise.
+	wch, stop := Open(ctx, e.k.c, e.k.key, 0, clientv3.WithRev(rev))
 	defer stop()
 	for wr := range wch {
 		if err := wr.Err(); err != nil {
@@ -396,18 +409,23 @@ func (e *entry) watch(ctx context.Context, rev int64) (int64, error) {
 // clientv3 opens a client's watch stream inside Watch; if the Watch call's
 // context ends before the new stream has accepted the request, the stream
 // stays open with no watcher. So when ctx ends while the Watch call is in
-// progress, the call is let finish first, for at most submitGrace, and only
-// then is the watch cancelled, which closes a stream it leaves empty.
-func Open(ctx context.Context, c *clientv3.Client, key string, opts ...clientv3.OpOption) (wch clientv3.WatchChan, stop func()) {
+// progress, the call is let finish first, for at most grace (forever if
+// grace is 0), and only then is the watch cancelled, which closes a stream
+// it leaves empty. A Watch call takes long only while etcd is unreachable.
+func Open(ctx context.Context, c *clientv3.Client, key string, grace time.Duration, opts ...clientv3.OpOption) (wch clientv3.WatchChan, stop func()) {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
 	submitted, released := make(chan struct{}), make(chan struct{})
 	stopAfter := context.AfterFunc(ctx, func() {
 		defer close(released)
-		t := time.NewTimer(submitGrace)
-		defer t.Stop()
+		var expired <-chan time.Time
+		if grace > 0 {
+			t := time.NewTimer(grace)
+			defer t.Stop()
+			expired = t.C
+		}
 		select {
 		case <-submitted:
-		case <-t.C:
+		case <-expired:
 		}
 		cancel()
 	})
