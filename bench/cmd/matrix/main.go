@@ -285,10 +285,13 @@ func writeSVG(w io.Writer, ws []bench.Waiting, window time.Duration) {
 		last := int64(0)
 		if n := len(wt.Series); n > 0 {
 			last = wt.Series[n-1].Revisions
+			if wt.Series[n-1].At >= window/2 {
+				last -= 2 // the foreign put and delete
+			}
 		}
 		ly := top + 20 + i*22
 		fmt.Fprintf(&b, `<line x1="%d" x2="%d" y1="%d" y2="%d" stroke="%s" stroke-width="3"/>`+"\n", width-right+12, width-right+32, ly, ly, colors[wt.Strategy])
-		fmt.Fprintf(&b, `<text x="%d" y="%d">%s: %d</text>`+"\n", width-right+38, ly+4, wt.Strategy, last)
+		fmt.Fprintf(&b, `<text x="%d" y="%d">%s: %d own</text>`+"\n", width-right+38, ly+4, wt.Strategy, max(last, 0))
 	}
 	b.WriteString("</svg>\n")
 	io.WriteString(w, b.String())
