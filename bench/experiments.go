@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/quietlock/quietlock/internal/retry"
 	"github.com/quietlock/quietlock/lock"
 )
 
@@ -102,7 +103,7 @@ func MeasureWaiting(ctx context.Context, st Strategy, k int, window time.Duratio
 			_ = s.acquire(gctx)
 		}()
 	}
-	if err := sleep(ctx, settle); err != nil {
+	if err := retry.Sleep(ctx, settle); err != nil {
 		return w, err
 	}
 	rev1, raft1, err := e.stats(ctx)
@@ -116,7 +117,7 @@ func MeasureWaiting(ctx context.Context, st Strategy, k int, window time.Duratio
 	foreign := false
 	rev, raft := rev1, raft1
 	for time.Since(start) < window {
-		if err := sleep(ctx, every); err != nil {
+		if err := retry.Sleep(ctx, every); err != nil {
 			return w, err
 		}
 		if !foreign && time.Since(start) >= window/2 {
@@ -256,7 +257,7 @@ func MeasureHandover(ctx context.Context, st Strategy, k, n int) (Handover, erro
 			}
 		}()
 	}
-	if err := sleep(ctx, settle); err != nil {
+	if err := retry.Sleep(ctx, settle); err != nil {
 		return h, err
 	}
 	w1, s1, err := e.watchers(ctx)
@@ -296,7 +297,7 @@ func MeasureHandover(ctx context.Context, st Strategy, k, n int) (Handover, erro
 		rejoin[old] <- struct{}{}
 		if !st.polls() {
 			// Let the old holder go back to waiting before the next round.
-			if err := sleep(ctx, 200*time.Millisecond); err != nil {
+			if err := retry.Sleep(ctx, 200*time.Millisecond); err != nil {
 				return h, err
 			}
 		}
@@ -400,7 +401,7 @@ func MeasureCrash(ctx context.Context, st Strategy, k int) (Crash, error) {
 			}
 		}()
 	}
-	if err := sleep(ctx, settle); err != nil {
+	if err := retry.Sleep(ctx, settle); err != nil {
 		return c, err
 	}
 	t0 := time.Now()
@@ -631,7 +632,7 @@ func MeasureScale(ctx context.Context, st Strategy, waiters, locks int) (Scale, 
 	// Settled when the server's watcher count stops changing.
 	last := int64(-1)
 	for {
-		if err := sleep(ctx, time.Second); err != nil {
+		if err := retry.Sleep(ctx, time.Second); err != nil {
 			return sc, err
 		}
 		w, _, err := e.watchers(ctx)
