@@ -318,24 +318,34 @@ func (e *faultEnv) holder() *faultCandidate {
 	testetcd.WaitFor(e.t, "a holder", func() bool {
 		var ok bool
 		name, ok = e.rec.holder()
-		return ok
+		return ok && e.hasOwner()
 	})
 	return e.candidate(name)
 }
 
 // recovered waits, for at most the TTL plus recoverBound, until a holder
-// other than not (if given) exists, and returns it.
+// other than not (if given) exists, and returns it. A holder exists when etcd
+// has an owner key and a candidate holds: a lock.Mutex learns that its hold
+// ended only after the fact, so an open hold alone may be stale.
 func (e *faultEnv) recovered(not *faultCandidate) *faultCandidate {
 	e.t.Helper()
 	deadline := time.Now().Add(faultTTL + recoverBound)
 	for time.Now().Before(deadline) {
-		if name, ok := e.rec.holder(); ok && (not == nil || name != not.name) {
+		if name, ok := e.rec.holder(); ok && (not == nil || name != not.name) && e.hasOwner() {
 			return e.candidate(name)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	e.t.Fatalf("no holder %v after the fault", faultTTL+recoverBound)
 	return nil
+}
+
+// hasOwner reports whether etcd has a key under the prefix.
+func (e *faultEnv) hasOwner() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := e.admin.Get(ctx, faultPfx+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	return err == nil && resp.Count > 0
 }
 
 // leaderMember returns the index of the raft leader.
@@ -353,16 +363,23 @@ func (e *faultEnv) leaderMember() int {
 	return -1
 }
 
-// ownerKey returns the key that holds the lock, with its lease.
+// ownerKey returns the key that holds the lock, with its lease, waiting
+// for one to exist.
 func (e *faultEnv) ownerKey() (string, clientv3.LeaseID) {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := e.admin.Get(ctx, faultPfx+"/", clientv3.WithFirstCreate()...)
-	if err != nil || len(resp.Kvs) == 0 {
-		e.t.Fatalf("owner key: %v, %v", resp, err)
-	}
-	return string(resp.Kvs[0].Key), clientv3.LeaseID(resp.Kvs[0].Lease)
+	var key string
+	var lease clientv3.LeaseID
+	testetcd.WaitFor(e.t, "an owner key", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := e.admin.Get(ctx, faultPfx+"/", clientv3.WithFirstCreate()...)
+		if err != nil || len(resp.Kvs) == 0 {
+			return false
+		}
+		key, lease = string(resp.Kvs[0].Key), clientv3.LeaseID(resp.Kvs[0].Lease)
+		return true
+	})
+	return key, lease
 }
 
 // A fault does something bad to the cluster or a candidate, heals it, and
