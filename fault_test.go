@@ -33,7 +33,7 @@ const (
 	fenceKey     = "/quietlock/test/fenced-data"
 	// recoverBound is how long after a fault is healed a holder must exist
 	// again, beyond the TTL.
-	recoverBound = 15 * time.Second
+	recoverBound = 30 * time.Second
 )
 
 type faultEnv struct {
