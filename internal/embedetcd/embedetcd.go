@@ -116,13 +116,6 @@ func (s *Server) Close() {
 	}
 }
 
-// Restart stops the server and starts it again on the same data directory
-// and ports, as a member restart would.
-func (s *Server) Restart() error {
-	s.Close()
-	return s.Revive()
-}
-
 // Revive starts a closed server again on the same data directory and ports.
 func (s *Server) Revive() error {
 	s.mu.Lock()

@@ -1,7 +1,6 @@
 package testetcd
 
 import (
-	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -187,6 +186,3 @@ func (p *Proxy) Close() {
 	p.ln.Close()
 	p.wg.Wait()
 }
-
-// String describes the proxy for test logs.
-func (p *Proxy) String() string { return fmt.Sprintf("proxy %s -> %s", p.ln.Addr(), p.target) }
