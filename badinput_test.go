@@ -1,3 +1,5 @@
+//go:build go1.24
+
 package quietlock_test
 
 import (
@@ -10,23 +12,23 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/quietlock/quietlock/elect"
-	"github.com/quietlock/quietlock/internal/testetcd"
 	"github.com/quietlock/quietlock/lock"
+	"github.com/quietlock/quietlock/quietlocktest"
 )
 
 // Every exported constructor and method, given bad input or called out of
 // turn, returns a clear error (or its documented result) and leaves nothing
 // in etcd.
 func TestBadInputEverywhere(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/bad"
-	good := testetcd.NewSession(t, c.NewClient(), ttl)
-	closedSession := testetcd.NewSession(t, c.NewClient(), ttl)
+	good := quietlocktest.NewSession(t, c.NewClient(), ttl)
+	closedSession := quietlocktest.NewSession(t, c.NewClient(), ttl)
 	if err := closedSession.Close(); err != nil {
 		t.Fatal(err)
 	}
 	// A session whose client is then closed.
-	deadCli, err := clientv3.New(testetcd.ClientConfig(c.Endpoint))
+	deadCli, err := clientv3.New(quietlocktest.ClientConfig(c.Endpoint))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,8 +43,8 @@ func TestBadInputEverywhere(t *testing.T) {
 	cancel()
 
 	// A Mutex and an Election that hold, for the calls that need a holder.
-	held := lock.NewMutex(testetcd.NewSession(t, c.NewClient(), ttl), pfx+"/held")
-	leader := elect.NewElection(testetcd.NewSession(t, c.NewClient(), ttl), pfx+"/leader")
+	held := lock.NewMutex(quietlocktest.NewSession(t, c.NewClient(), ttl), pfx+"/held")
+	leader := elect.NewElection(quietlocktest.NewSession(t, c.NewClient(), ttl), pfx+"/leader")
 
 	for _, tc := range []struct {
 		name   string
@@ -150,8 +152,8 @@ func TestBadInputEverywhere(t *testing.T) {
 	}
 
 	// Prefixes are paths: "/a" and "/ab" are different elections too.
-	a := elect.NewElection(testetcd.NewSession(t, c.NewClient(), ttl), pfx+"/a")
-	ab := elect.NewElection(testetcd.NewSession(t, c.NewClient(), ttl), pfx+"/ab")
+	a := elect.NewElection(quietlocktest.NewSession(t, c.NewClient(), ttl), pfx+"/a")
+	ab := elect.NewElection(quietlocktest.NewSession(t, c.NewClient(), ttl), pfx+"/ab")
 	if err := a.Campaign(t.Context(), "a"); err != nil {
 		t.Fatal(err)
 	}

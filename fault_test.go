@@ -17,10 +17,9 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/quietlock/quietlock/elect"
-	"github.com/quietlock/quietlock/internal/embedetcd"
-	"github.com/quietlock/quietlock/internal/testetcd"
 	"github.com/quietlock/quietlock/internal/watchwait"
 	"github.com/quietlock/quietlock/lock"
+	"github.com/quietlock/quietlock/quietlocktest"
 )
 
 // The fault tests run five candidates against a three-member etcd cluster.
@@ -38,7 +37,7 @@ const (
 
 type faultEnv struct {
 	t       *testing.T
-	members []*embedetcd.Server
+	members []*quietlocktest.Server
 	admin   *clientv3.Client
 	rec     *recorder
 	cands   []*faultCandidate
@@ -52,7 +51,7 @@ func newFaultEnv(t *testing.T, mutex bool, n int) *faultEnv {
 	for i := range dirs {
 		dirs[i] = t.TempDir()
 	}
-	ms, err := embedetcd.StartCluster(dirs)
+	ms, err := quietlocktest.StartCluster(dirs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +64,7 @@ func newFaultEnv(t *testing.T, mutex bool, n int) *faultEnv {
 	for _, m := range ms {
 		eps = append(eps, m.Endpoint)
 	}
-	cfg := testetcd.ClientConfig(eps[0])
+	cfg := quietlocktest.ClientConfig(eps[0])
 	cfg.Endpoints = eps
 	admin, err := clientv3.New(cfg)
 	if err != nil {
@@ -165,15 +164,15 @@ func (r *recorder) check(t *testing.T, overlapFree bool) {
 type faultCandidate struct {
 	name   string
 	member int
-	proxy  *testetcd.Proxy
+	proxy  *quietlocktest.Proxy
 	cli    *clientv3.Client
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
 func (e *faultEnv) newCandidate(name string, member int) *faultCandidate {
-	p := testetcd.NewProxy(e.t, e.members[member].Endpoint)
-	c := &faultCandidate{name: name, member: member, proxy: p, cli: testetcd.NewClient(e.t, p.Endpoint())}
+	p := quietlocktest.NewProxy(e.t, e.members[member].Endpoint)
+	c := &faultCandidate{name: name, member: member, proxy: p, cli: quietlocktest.NewClient(e.t, p.Endpoint())}
 	e.start(c)
 	e.t.Cleanup(c.stop)
 	return c
@@ -315,7 +314,7 @@ func (e *faultEnv) candidate(name string) *faultCandidate {
 func (e *faultEnv) holder() *faultCandidate {
 	e.t.Helper()
 	var name string
-	testetcd.WaitFor(e.t, "a holder", func() bool {
+	quietlocktest.WaitFor(e.t, "a holder", func() bool {
 		var ok bool
 		name, ok = e.rec.holder()
 		return ok && e.hasOwner()
@@ -369,7 +368,7 @@ func (e *faultEnv) ownerKey() (string, clientv3.LeaseID) {
 	e.t.Helper()
 	var key string
 	var lease clientv3.LeaseID
-	testetcd.WaitFor(e.t, "an owner key", func() bool {
+	quietlocktest.WaitFor(e.t, "an owner key", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		resp, err := e.admin.Get(ctx, faultPfx+"/", clientv3.WithFirstCreate()...)
@@ -447,7 +446,7 @@ var faultList = []fault{
 				c.stop()
 			}
 		}
-		testetcd.WaitFor(e.t, s.name+" holding after the others left", func() bool {
+		quietlocktest.WaitFor(e.t, s.name+" holding after the others left", func() bool {
 			name, ok := e.rec.holder()
 			return ok && name == s.name
 		})
@@ -490,7 +489,7 @@ var faultList = []fault{
 // prefix has a live lease.
 func (e *faultEnv) settle() {
 	e.t.Helper()
-	testetcd.WaitFor(e.t, "no keys of dead sessions", func() bool {
+	quietlocktest.WaitFor(e.t, "no keys of dead sessions", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		resp, err := e.admin.Get(ctx, faultPfx+"/", clientv3.WithPrefix())
@@ -515,7 +514,7 @@ func (e *faultEnv) finish() {
 		c.stop()
 	}
 	e.rec.check(e.t, !e.mutex)
-	testetcd.WaitFor(e.t, "no keys left", func() bool {
+	quietlocktest.WaitFor(e.t, "no keys left", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		resp, err := e.admin.Get(ctx, faultPfx+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
@@ -530,10 +529,10 @@ func (e *faultEnv) finish() {
 	// during the outage, and keeps it until that client's next watch or its
 	// close: at most one idle stream per client. Goroutines are checked by
 	// goleak once the cluster is gone.
-	testetcd.WaitFor(e.t, "watchers back to zero", func() bool {
+	quietlocktest.WaitFor(e.t, "watchers back to zero", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		m, err := embedetcd.Metrics(ctx, e.members[0].Endpoint, "etcd_debugging_mvcc_watcher_total", "etcd_debugging_mvcc_watch_stream_total")
+		m, err := quietlocktest.Metrics(ctx, e.members[0].Endpoint, "etcd_debugging_mvcc_watcher_total", "etcd_debugging_mvcc_watch_stream_total")
 		if err == nil && m[1] != 0 {
 			e.t.Logf("idle watch streams left: %v (clients: %d)", m[1], len(e.cands))
 		}
@@ -627,7 +626,7 @@ func TestChaos(t *testing.T) {
 // suite is run against an external etcd: they would only repeat themselves.
 func skipOnExternal(t *testing.T) {
 	t.Helper()
-	if os.Getenv(testetcd.EnvEtcd) != "" {
-		t.Skipf("runs on embedded servers only (%s is set)", testetcd.EnvEtcd)
+	if os.Getenv(quietlocktest.EnvEtcd) != "" {
+		t.Skipf("runs on embedded servers only (%s is set)", quietlocktest.EnvEtcd)
 	}
 }

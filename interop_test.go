@@ -1,3 +1,5 @@
+//go:build go1.24
+
 package quietlock_test
 
 import (
@@ -12,19 +14,19 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/quietlock/quietlock/elect"
-	"github.com/quietlock/quietlock/internal/testetcd"
 	"github.com/quietlock/quietlock/internal/watchwait"
 	"github.com/quietlock/quietlock/lock"
+	"github.com/quietlock/quietlock/quietlocktest"
 )
 
 // interopCluster is the server the etcdctl tests run against: Debian's etcd
 // (3.4) when it is installed, else the embedded one.
-func interopCluster(t *testing.T) *testetcd.Cluster {
+func interopCluster(t *testing.T) *quietlocktest.Etcd {
 	t.Helper()
-	if _, err := exec.LookPath(testetcd.DebianEtcd); err == nil {
-		return testetcd.NewExternal(t, testetcd.DebianEtcd)
+	if _, err := exec.LookPath(quietlocktest.DebianEtcd); err == nil {
+		return quietlocktest.NewExternal(t, quietlocktest.DebianEtcd)
 	}
-	return testetcd.New(t)
+	return quietlocktest.New(t)
 }
 
 // etcdctl is a running etcdctl command whose output lines can be awaited.
@@ -36,7 +38,7 @@ type etcdctl struct {
 
 func startEtcdctl(t *testing.T, endpoint string, args ...string) *etcdctl {
 	t.Helper()
-	bin := testetcd.Binary(t, testetcd.DebianEtcdctl, "etcd-client")
+	bin := quietlocktest.Binary(t, quietlocktest.DebianEtcdctl, "etcd-client")
 	cmd := exec.Command(bin, append([]string{"--endpoints", endpoint}, args...)...)
 	cmd.Env = append(cmd.Environ(), "ETCDCTL_API=3")
 	out, err := cmd.StdoutPipe()
@@ -102,7 +104,7 @@ func (e *etcdctl) interrupt(t *testing.T) {
 func TestEtcdctlLock(t *testing.T) {
 	c := interopCluster(t)
 	const name = "/quietlock/test/etcdctl-lock"
-	m := lock.NewMutex(testetcd.NewSession(t, c.NewClient(), ttl), name)
+	m := lock.NewMutex(quietlocktest.NewSession(t, c.NewClient(), ttl), name)
 
 	held := startEtcdctl(t, c.Endpoint, "lock", name)
 	held.await(t, name+"/") // etcdctl prints its key once it holds the lock
@@ -111,7 +113,7 @@ func TestEtcdctlLock(t *testing.T) {
 	}
 	base := c.Stats()
 	results, _ := lockAll(t, []*lock.Mutex{m})
-	testetcd.WaitFor(t, "our waiter", func() bool { return watchwait.Waiters() == 1 })
+	quietlocktest.WaitFor(t, "our waiter", func() bool { return watchwait.Waiters() == 1 })
 	if st := c.Stats(); st.Revision != base.Revision {
 		t.Errorf("our waiter wrote: revision %d -> %d", base.Revision, st.Revision)
 	}
@@ -121,7 +123,7 @@ func TestEtcdctlLock(t *testing.T) {
 	}
 
 	waiting := startEtcdctl(t, c.Endpoint, "lock", name)
-	testetcd.WaitFor(t, "etcdctl's queued key", func() bool { return len(c.Keys(name+"/")) == 2 })
+	quietlocktest.WaitFor(t, "etcdctl's queued key", func() bool { return len(c.Keys(name+"/")) == 2 })
 	select {
 	case l := <-waiting.lines:
 		t.Fatalf("etcdctl took the lock while we held it: %q", l)
@@ -130,7 +132,7 @@ func TestEtcdctlLock(t *testing.T) {
 	unlockOrFatal(t, m)
 	waiting.await(t, name+"/")
 	waiting.interrupt(t)
-	testetcd.WaitFor(t, "no keys left", func() bool { return len(c.Keys(name+"/")) == 0 })
+	quietlocktest.WaitFor(t, "no keys left", func() bool { return len(c.Keys(name+"/")) == 0 })
 }
 
 // `etcdctl elect` and `etcdctl elect -l` interoperate with our Election,
@@ -138,7 +140,7 @@ func TestEtcdctlLock(t *testing.T) {
 func TestEtcdctlElect(t *testing.T) {
 	c := interopCluster(t)
 	const name = "/quietlock/test/etcdctl-elect"
-	e := elect.NewElection(testetcd.NewSession(t, c.NewClient(), ttl), name)
+	e := elect.NewElection(quietlocktest.NewSession(t, c.NewClient(), ttl), name)
 	observer := startEtcdctl(t, c.Endpoint, "elect", "-l", name)
 
 	theirs := startEtcdctl(t, c.Endpoint, "elect", name, "etcdctl-proposal")
@@ -150,7 +152,7 @@ func TestEtcdctlElect(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- e.Campaign(t.Context(), "our-proposal") }()
-	testetcd.WaitFor(t, "our candidate", func() bool { return watchwait.Waiters() == 1 })
+	quietlocktest.WaitFor(t, "our candidate", func() bool { return watchwait.Waiters() == 1 })
 	if got := c.Keys(name + "/"); len(got) != 1 {
 		t.Errorf("keys while our candidate waits: %q, want etcdctl's only", got)
 	}
@@ -162,7 +164,7 @@ func TestEtcdctlElect(t *testing.T) {
 
 	// etcdctl campaigns behind us, and is elected when we resign.
 	again := startEtcdctl(t, c.Endpoint, "elect", name, "etcdctl-again")
-	testetcd.WaitFor(t, "etcdctl's queued key", func() bool { return len(c.Keys(name+"/")) == 2 })
+	quietlocktest.WaitFor(t, "etcdctl's queued key", func() bool { return len(c.Keys(name+"/")) == 2 })
 	obs := e.Observe(t.Context())
 	if r := <-obs; string(r.Kvs[0].Value) != "our-proposal" {
 		t.Errorf("our Observe: got %q, want our-proposal", r.Kvs[0].Value)
@@ -179,5 +181,5 @@ func TestEtcdctlElect(t *testing.T) {
 	}
 	again.interrupt(t)
 	observer.interrupt(t)
-	testetcd.WaitFor(t, "no keys left", func() bool { return len(c.Keys(name+"/")) == 0 })
+	quietlocktest.WaitFor(t, "no keys left", func() bool { return len(c.Keys(name+"/")) == 0 })
 }

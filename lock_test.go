@@ -1,3 +1,5 @@
+//go:build go1.24
+
 package quietlock_test
 
 import (
@@ -17,9 +19,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/quietlock/quietlock/internal/testetcd"
 	"github.com/quietlock/quietlock/internal/watchwait"
 	"github.com/quietlock/quietlock/lock"
+	"github.com/quietlock/quietlock/quietlocktest"
 )
 
 func TestMain(m *testing.M) {
@@ -48,12 +50,12 @@ type contender struct {
 	m    *lock.Mutex
 }
 
-func newContenders(t *testing.T, c *testetcd.Cluster, n int, pfx string) []*contender {
+func newContenders(t *testing.T, c *quietlocktest.Etcd, n int, pfx string) []*contender {
 	t.Helper()
 	cs := make([]*contender, n)
 	for i := range cs {
 		cli, reqs := c.NewCountingClient()
-		s := testetcd.NewSession(t, cli, ttl)
+		s := quietlocktest.NewSession(t, cli, ttl)
 		cs[i] = &contender{cli: cli, reqs: reqs, s: s, m: lock.NewMutex(s, pfx)}
 	}
 	return cs
@@ -100,9 +102,9 @@ func lockAll(t *testing.T, ms []*lock.Mutex) (results <-chan outcome, cancel con
 
 // waitingFor waits until n local waiters have joined a watch and the server
 // serves want watchers.
-func waitingFor(t *testing.T, c *testetcd.Cluster, n int, watchers int64) {
+func waitingFor(t *testing.T, c *quietlocktest.Etcd, n int, watchers int64) {
 	t.Helper()
-	testetcd.WaitFor(t, "waiters to settle", func() bool {
+	quietlocktest.WaitFor(t, "waiters to settle", func() bool {
 		return watchwait.Waiters() == n && c.Stats().Watchers == watchers
 	})
 }
@@ -132,9 +134,9 @@ func window(t *testing.T) time.Duration {
 // wait, the store revision and the raft index do not move, no standby sends
 // a single request (reads included), and only the holder's key exists.
 func TestWaitingStandbysWriteNothing(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/idle"
-	holder := lock.NewMutex(testetcd.NewSession(t, c.NewClient(), ttl), pfx)
+	holder := lock.NewMutex(quietlocktest.NewSession(t, c.NewClient(), ttl), pfx)
 	lockOrFatal(t, holder)
 	cs := newContenders(t, c, 16, pfx)
 	base := c.Stats()
@@ -169,9 +171,9 @@ func TestWaitingStandbysWriteNothing(t *testing.T) {
 
 // A TryLock that finds the lock held writes nothing and sends one read.
 func TestFailedTryLockWritesNothing(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/trylock"
-	holder := lock.NewMutex(testetcd.NewSession(t, c.NewClient(), ttl), pfx)
+	holder := lock.NewMutex(quietlocktest.NewSession(t, c.NewClient(), ttl), pfx)
 	lockOrFatal(t, holder)
 	cs := newContenders(t, c, 1, pfx)
 	base, reqs := c.Stats(), cs[0].reqs.Load()
@@ -200,9 +202,9 @@ func TestFailedTryLockWritesNothing(t *testing.T) {
 // A TryLock by the session that already holds the lock succeeds without
 // writing; a winning TryLock writes exactly one revision.
 func TestTryLockCosts(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/trylock-own"
-	m := lock.NewMutex(testetcd.NewSession(t, c.NewClient(), ttl), pfx)
+	m := lock.NewMutex(quietlocktest.NewSession(t, c.NewClient(), ttl), pfx)
 	base := c.Stats()
 	if err := m.TryLock(t.Context()); err != nil {
 		t.Fatalf("TryLock on a free lock: %v", err)
@@ -231,10 +233,10 @@ func TestTryLockCosts(t *testing.T) {
 // holder's delete and the winner's put. The other standbys go back to
 // waiting on the winner's key without writing.
 func TestHandoverCostsTwoRevisions(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/handover"
 	const n = 16
-	holder := lock.NewMutex(testetcd.NewSession(t, c.NewClient(), ttl), pfx)
+	holder := lock.NewMutex(quietlocktest.NewSession(t, c.NewClient(), ttl), pfx)
 	lockOrFatal(t, holder)
 	cs := newContenders(t, c, n, pfx)
 	w0 := c.Stats().Watchers
@@ -284,9 +286,9 @@ func TestHandoverCostsTwoRevisions(t *testing.T) {
 // revision moves by exactly the foreign writes and no standby sends a
 // request.
 func TestForeignEventsCauseNoRequest(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/foreign"
-	holder := lock.NewMutex(testetcd.NewSession(t, c.NewClient(), ttl), pfx)
+	holder := lock.NewMutex(quietlocktest.NewSession(t, c.NewClient(), ttl), pfx)
 	lockOrFatal(t, holder)
 	cs := newContenders(t, c, 4, pfx)
 	w0 := c.Stats().Watchers
@@ -328,15 +330,15 @@ func TestForeignEventsCauseNoRequest(t *testing.T) {
 // back to waiting on what it saw, so the client sends exactly 1 request for
 // the whole handover.
 func TestWaitersShareOneWatch(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/shared"
 	const n = 500
-	holder := lock.NewMutex(testetcd.NewSession(t, c.NewClient(), ttl), pfx)
+	holder := lock.NewMutex(quietlocktest.NewSession(t, c.NewClient(), ttl), pfx)
 	lockOrFatal(t, holder)
 	cli, reqs := c.NewCountingClient()
 	ms := make([]*lock.Mutex, n)
 	for i := range ms {
-		ms[i] = lock.NewMutex(testetcd.NewSession(t, cli, ttl), pfx)
+		ms[i] = lock.NewMutex(quietlocktest.NewSession(t, cli, ttl), pfx)
 	}
 	base := c.Stats()
 
@@ -371,7 +373,7 @@ func TestWaitersShareOneWatch(t *testing.T) {
 		}
 	}
 	unlockOrFatal(t, ms[r.i])
-	testetcd.WaitFor(t, "watchers and streams back to baseline", func() bool {
+	quietlocktest.WaitFor(t, "watchers and streams back to baseline", func() bool {
 		st := c.Stats()
 		return st.Watchers == base.Watchers && st.WatchStreams == base.WatchStreams
 	})
@@ -386,10 +388,10 @@ func TestWaitersShareOneWatch(t *testing.T) {
 // Our Mutex, etcd's concurrency.Mutex and etcd's queue exclude each other
 // on one prefix, in both directions.
 func TestInteropWithEtcdMutex(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/interop"
-	ours := lock.NewMutex(testetcd.NewSession(t, c.NewClient(), ttl), pfx)
-	theirs := concurrency.NewMutex(testetcd.NewSession(t, c.NewClient(), ttl), pfx)
+	ours := lock.NewMutex(quietlocktest.NewSession(t, c.NewClient(), ttl), pfx)
+	theirs := concurrency.NewMutex(quietlocktest.NewSession(t, c.NewClient(), ttl), pfx)
 
 	t.Run("etcd holds, ours waits", func(t *testing.T) {
 		if err := theirs.Lock(t.Context()); err != nil {
@@ -399,7 +401,7 @@ func TestInteropWithEtcdMutex(t *testing.T) {
 			t.Fatalf("TryLock: got %v, want %v", err, concurrency.ErrLocked)
 		}
 		results, _ := lockAll(t, []*lock.Mutex{ours})
-		testetcd.WaitFor(t, "our waiter", func() bool { return watchwait.Waiters() == 1 })
+		quietlocktest.WaitFor(t, "our waiter", func() bool { return watchwait.Waiters() == 1 })
 		if err := theirs.Unlock(t.Context()); err != nil {
 			t.Fatal(err)
 		}
@@ -417,7 +419,7 @@ func TestInteropWithEtcdMutex(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- theirs.Lock(t.Context()) }()
 		// etcd's Lock queues a key of its own.
-		testetcd.WaitFor(t, "etcd's queued key", func() bool { return len(c.Keys(pfx+"/")) == 2 })
+		quietlocktest.WaitFor(t, "etcd's queued key", func() bool { return len(c.Keys(pfx+"/")) == 2 })
 		unlockOrFatal(t, ours)
 		if err := <-done; err != nil {
 			t.Fatalf("etcd Lock: %v", err)
@@ -430,19 +432,19 @@ func TestInteropWithEtcdMutex(t *testing.T) {
 	t.Run("etcd's queued waiter goes first", func(t *testing.T) {
 		// A key queued by etcd's Mutex is next in line by create revision;
 		// our waiter must wait for it too.
-		third := lock.NewMutex(testetcd.NewSession(t, c.NewClient(), ttl), pfx)
+		third := lock.NewMutex(quietlocktest.NewSession(t, c.NewClient(), ttl), pfx)
 		lockOrFatal(t, ours)
 		done := make(chan error, 1)
 		go func() { done <- theirs.Lock(t.Context()) }()
-		testetcd.WaitFor(t, "etcd's queued key", func() bool { return len(c.Keys(pfx+"/")) == 2 })
+		quietlocktest.WaitFor(t, "etcd's queued key", func() bool { return len(c.Keys(pfx+"/")) == 2 })
 		results, _ := lockAll(t, []*lock.Mutex{third})
-		testetcd.WaitFor(t, "our waiter", func() bool { return watchwait.Waiters() == 1 })
+		quietlocktest.WaitFor(t, "our waiter", func() bool { return watchwait.Waiters() == 1 })
 		unlockOrFatal(t, ours)
 		if err := <-done; err != nil {
 			t.Fatalf("etcd Lock: %v", err)
 		}
 		// Ours is still waiting, now on etcd's key.
-		testetcd.WaitFor(t, "our waiter on etcd's key", func() bool { return watchwait.Waiters() == 1 })
+		quietlocktest.WaitFor(t, "our waiter on etcd's key", func() bool { return watchwait.Waiters() == 1 })
 		select {
 		case r := <-results:
 			t.Fatalf("our Lock returned while etcd's Mutex held the lock: %v", r.err)
@@ -461,9 +463,9 @@ func TestInteropWithEtcdMutex(t *testing.T) {
 // A waiter whose session ends returns concurrency.ErrSessionExpired, not
 // success and not a hang (etcd's Lock does not notice), and leaves nothing.
 func TestSessionEndWhileWaiting(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/session"
-	holder := lock.NewMutex(testetcd.NewSession(t, c.NewClient(), ttl), pfx)
+	holder := lock.NewMutex(quietlocktest.NewSession(t, c.NewClient(), ttl), pfx)
 	lockOrFatal(t, holder)
 
 	for _, tc := range []struct {
@@ -477,9 +479,9 @@ func TestSessionEndWhileWaiting(t *testing.T) {
 		{"session closed", func(s *concurrency.Session) error { return s.Close() }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := testetcd.NewSession(t, c.NewClient(), ttl)
+			s := quietlocktest.NewSession(t, c.NewClient(), ttl)
 			results, _ := lockAll(t, []*lock.Mutex{lock.NewMutex(s, pfx)})
-			testetcd.WaitFor(t, "the waiter", func() bool { return watchwait.Waiters() == 1 })
+			quietlocktest.WaitFor(t, "the waiter", func() bool { return watchwait.Waiters() == 1 })
 			if err := tc.end(s); err != nil {
 				t.Fatal(err)
 			}
@@ -500,15 +502,15 @@ func TestSessionEndWhileWaiting(t *testing.T) {
 // history compacted past that deletion still wakes and acquires once it
 // reconnects.
 func TestCompactionWhileDisconnected(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/compact"
-	holder := lock.NewMutex(testetcd.NewSession(t, c.NewClient(), ttl), pfx)
+	holder := lock.NewMutex(quietlocktest.NewSession(t, c.NewClient(), ttl), pfx)
 	lockOrFatal(t, holder)
-	p := testetcd.NewProxy(t, c.Endpoint)
-	cli := testetcd.NewClient(t, p.Endpoint())
-	waiter := lock.NewMutex(testetcd.NewSession(t, cli, ttl), pfx)
+	p := quietlocktest.NewProxy(t, c.Endpoint)
+	cli := quietlocktest.NewClient(t, p.Endpoint())
+	waiter := lock.NewMutex(quietlocktest.NewSession(t, cli, ttl), pfx)
 	results, _ := lockAll(t, []*lock.Mutex{waiter})
-	testetcd.WaitFor(t, "the waiter", func() bool { return watchwait.Waiters() == 1 })
+	quietlocktest.WaitFor(t, "the waiter", func() bool { return watchwait.Waiters() == 1 })
 
 	p.Drop()
 	unlockOrFatal(t, holder)
@@ -537,7 +539,7 @@ func TestCompactionWhileDisconnected(t *testing.T) {
 // waiting, during Unlock): afterwards no key, watcher, stream, waiter or
 // goroutine is left.
 func TestChurnLeavesNothing(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/churn"
 	iterations := 1000
 	if testing.Short() {
@@ -550,7 +552,7 @@ func TestChurnLeavesNothing(t *testing.T) {
 	clients := []*clientv3.Client{c.NewClient(), c.NewClient()}
 	var ms []*lock.Mutex
 	for i := range 6 {
-		ms = append(ms, lock.NewMutex(testetcd.NewSession(t, clients[i%2], ttl), pfx))
+		ms = append(ms, lock.NewMutex(quietlocktest.NewSession(t, clients[i%2], ttl), pfx))
 	}
 	var (
 		wg       sync.WaitGroup
@@ -609,7 +611,7 @@ func TestChurnLeavesNothing(t *testing.T) {
 	if got := watchwait.Entries(); got != 0 {
 		t.Errorf("watch entries left: %d", got)
 	}
-	testetcd.WaitFor(t, "watchers and streams back to baseline", func() bool {
+	quietlocktest.WaitFor(t, "watchers and streams back to baseline", func() bool {
 		st := c.Stats()
 		return st.Watchers == base.Watchers && st.WatchStreams == base.WatchStreams
 	})
@@ -618,10 +620,10 @@ func TestChurnLeavesNothing(t *testing.T) {
 // A stale Unlock never deletes a newer holder's key, and the hold's Done
 // and Err report how each hold ended.
 func TestFencing(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/fence"
-	a := lock.NewMutex(testetcd.NewSession(t, c.NewClient(), ttl), pfx)
-	b := lock.NewMutex(testetcd.NewSession(t, c.NewClient(), ttl), pfx)
+	a := lock.NewMutex(quietlocktest.NewSession(t, c.NewClient(), ttl), pfx)
+	b := lock.NewMutex(quietlocktest.NewSession(t, c.NewClient(), ttl), pfx)
 
 	lockOrFatal(t, a)
 	done, token := a.Done(), a.Rev()
@@ -663,7 +665,7 @@ func TestFencing(t *testing.T) {
 	}
 
 	// A hold ends when its session does.
-	s := testetcd.NewSession(t, c.NewClient(), ttl)
+	s := quietlocktest.NewSession(t, c.NewClient(), ttl)
 	m := lock.NewMutex(s, pfx)
 	lockOrFatal(t, m)
 	done = m.Done()
@@ -678,9 +680,9 @@ func TestFencing(t *testing.T) {
 
 // Bad input gets a clear error from the first call and writes nothing.
 func TestBadInput(t *testing.T) {
-	c := testetcd.New(t)
-	good := testetcd.NewSession(t, c.NewClient(), ttl)
-	closedSession := testetcd.NewSession(t, c.NewClient(), ttl)
+	c := quietlocktest.New(t)
+	good := quietlocktest.NewSession(t, c.NewClient(), ttl)
+	closedSession := quietlocktest.NewSession(t, c.NewClient(), ttl)
 	if err := closedSession.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -728,8 +730,8 @@ func TestBadInput(t *testing.T) {
 	}
 
 	// A prefix is a path: "/a" and "/ab" are different locks.
-	a := lock.NewMutex(testetcd.NewSession(t, c.NewClient(), ttl), "/quietlock/test/a")
-	ab := lock.NewMutex(testetcd.NewSession(t, c.NewClient(), ttl), "/quietlock/test/ab")
+	a := lock.NewMutex(quietlocktest.NewSession(t, c.NewClient(), ttl), "/quietlock/test/a")
+	ab := lock.NewMutex(quietlocktest.NewSession(t, c.NewClient(), ttl), "/quietlock/test/ab")
 	lockOrFatal(t, a)
 	if err := ab.TryLock(t.Context()); err != nil {
 		t.Errorf("TryLock on /ab while /a is held: %v", err)
@@ -775,11 +777,11 @@ func (f *faults) set(before func(), lose bool) {
 // Calls whose outcome is decided while the caller is gone or deaf leave
 // nothing behind and report the truth.
 func TestUnknownOutcomes(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/outcomes"
 	f := &faults{}
-	cli := testetcd.NewInterceptedClient(t, c.Endpoint, f.interceptor)
-	m := lock.NewMutex(testetcd.NewSession(t, cli, ttl), pfx)
+	cli := quietlocktest.NewInterceptedClient(t, c.Endpoint, f.interceptor)
+	m := lock.NewMutex(quietlocktest.NewSession(t, cli, ttl), pfx)
 
 	t.Run("claim wins after ctx is cancelled", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())

@@ -1,3 +1,5 @@
+//go:build go1.24
+
 package quietlock_test
 
 import (
@@ -17,9 +19,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
-	"github.com/quietlock/quietlock/internal/testetcd"
 	"github.com/quietlock/quietlock/internal/watchwait"
 	"github.com/quietlock/quietlock/lock"
+	"github.com/quietlock/quietlock/quietlocktest"
 )
 
 // soakCycles is 10^4 (10^3 with -short), or $QUIETLOCK_SOAK_CYCLES.
@@ -43,7 +45,7 @@ func soakCycles(t *testing.T) int {
 // within a small constant of where it started.
 func TestSoak(t *testing.T) {
 	skipOnExternal(t)
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/soak"
 	const locks, workers = 50, 8
 	cycles := soakCycles(t)
@@ -151,11 +153,11 @@ func TestSoak(t *testing.T) {
 	if got := watchwait.Entries(); got != 0 {
 		t.Errorf("watch entries left: %d", got)
 	}
-	testetcd.WaitFor(t, "watchers and streams back to baseline", func() bool {
+	quietlocktest.WaitFor(t, "watchers and streams back to baseline", func() bool {
 		st := c.Stats()
 		return st.Watchers == base.Watchers && st.WatchStreams == base.WatchStreams
 	})
-	testetcd.WaitFor(t, "no goroutine of the library left", func() bool { return libraryGoroutines() == 0 })
+	quietlocktest.WaitFor(t, "no goroutine of the library left", func() bool { return libraryGoroutines() == 0 })
 	// The server's index keeps every deleted key's history until compaction.
 	if _, err := c.Client.Compact(t.Context(), c.Stats().Revision, clientv3.WithCompactPhysical()); err != nil {
 		t.Fatal(err)

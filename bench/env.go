@@ -8,7 +8,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
-	"github.com/quietlock/quietlock/internal/embedetcd"
+	"github.com/quietlock/quietlock/quietlocktest"
 )
 
 // prefix is the lock every experiment uses.
@@ -27,7 +27,7 @@ type env struct {
 }
 
 func newEnv() (*env, error) {
-	endpoint, stop, err := embedetcd.StartInTempDir()
+	endpoint, stop, err := quietlocktest.StartInTempDir()
 	if err != nil {
 		return nil, err
 	}
@@ -40,7 +40,7 @@ func newEnv() (*env, error) {
 }
 
 func (e *env) client() (*clientv3.Client, error) {
-	cli, err := clientv3.New(embedetcd.ClientConfig(e.endpoint))
+	cli, err := clientv3.New(quietlocktest.ClientConfig(e.endpoint))
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +100,7 @@ func (e *env) stats(ctx context.Context) (rev, raft int64, err error) {
 // watchers returns the server's watcher and watch-stream gauges. They are
 // process-wide: read them only while one experiment runs.
 func (e *env) watchers(ctx context.Context) (watchers, streams int64, err error) {
-	m, err := embedetcd.Metrics(ctx, e.endpoint, "etcd_debugging_mvcc_watcher_total", "etcd_debugging_mvcc_watch_stream_total")
+	m, err := quietlocktest.Metrics(ctx, e.endpoint, "etcd_debugging_mvcc_watcher_total", "etcd_debugging_mvcc_watch_stream_total")
 	if err != nil {
 		return 0, 0, err
 	}

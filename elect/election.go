@@ -12,8 +12,9 @@ import (
 	"github.com/quietlock/quietlock/internal/acquire"
 )
 
-// etcdElection lists the methods of concurrency.Election. Both types are
-// asserted to have them; a test also compares the full method sets.
+// etcdElection lists the methods of concurrency.Election as of etcd client
+// 3.7 (3.6's Observe returned a channel of values, not pointers). Election is
+// asserted to have them; a test compares the full method sets with etcd's.
 type etcdElection interface {
 	Campaign(ctx context.Context, val string) error
 	Proclaim(ctx context.Context, val string) error
@@ -25,10 +26,7 @@ type etcdElection interface {
 	Header() *pb.ResponseHeader
 }
 
-var (
-	_ etcdElection = (*concurrency.Election)(nil)
-	_ etcdElection = (*Election)(nil)
-)
+var _ etcdElection = (*Election)(nil)
 
 // Election is a leader election on etcd, with the methods of etcd's
 // concurrency.Election. Its candidates wait without writing.

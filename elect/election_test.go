@@ -1,3 +1,5 @@
+//go:build go1.24
+
 package elect_test
 
 import (
@@ -13,8 +15,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/quietlock/quietlock/elect"
-	"github.com/quietlock/quietlock/internal/testetcd"
 	"github.com/quietlock/quietlock/internal/watchwait"
+	"github.com/quietlock/quietlock/quietlocktest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -23,9 +25,9 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // expire while they run.
 const ttl = 30
 
-func newElection(t *testing.T, c *testetcd.Cluster, pfx string) (*elect.Election, *concurrency.Session) {
+func newElection(t *testing.T, c *quietlocktest.Etcd, pfx string) (*elect.Election, *concurrency.Session) {
 	t.Helper()
-	s := testetcd.NewSession(t, c.NewClient(), ttl)
+	s := quietlocktest.NewSession(t, c.NewClient(), ttl)
 	return elect.NewElection(s, pfx), s
 }
 
@@ -88,7 +90,7 @@ func nextLeader(t *testing.T, ch <-chan *clientv3.GetResponse, key, val string) 
 // the candidates wait, the revision and raft index do not move and only the
 // leader's key exists.
 func TestWaitingCandidatesWriteNothing(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/elect-idle"
 	leader, _ := newElection(t, c, pfx)
 	campaignOrFatal(t, leader, "leader")
@@ -99,7 +101,7 @@ func TestWaitingCandidatesWriteNothing(t *testing.T) {
 	}
 	base := c.Stats()
 	results := campaignAll(t, es)
-	testetcd.WaitFor(t, "16 waiting candidates", func() bool {
+	quietlocktest.WaitFor(t, "16 waiting candidates", func() bool {
 		return watchwait.Waiters() == 16 && c.Stats().Watchers == base.Watchers+16
 	})
 	d := 10 * time.Second
@@ -126,7 +128,7 @@ func TestWaitingCandidatesWriteNothing(t *testing.T) {
 // reports the old leader, then the new one, then the new one's proclaimed
 // values.
 func TestResignHandsOver(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/elect-resign"
 	leader, _ := newElection(t, c, pfx)
 	campaignOrFatal(t, leader, "old")
@@ -142,7 +144,7 @@ func TestResignHandsOver(t *testing.T) {
 		es = append(es, e)
 	}
 	results := campaignAll(t, es)
-	testetcd.WaitFor(t, "waiting candidates", func() bool { return watchwait.Waiters() == 4 })
+	quietlocktest.WaitFor(t, "waiting candidates", func() bool { return watchwait.Waiters() == 4 })
 	base := c.Stats()
 	if err := leader.Resign(t.Context()); err != nil {
 		t.Fatal(err)
@@ -156,7 +158,7 @@ func TestResignHandsOver(t *testing.T) {
 	}
 	winner := es[r.i]
 	nextLeader(t, obs, winner.Key(), "candidate")
-	testetcd.WaitFor(t, "the others waiting again", func() bool { return watchwait.Waiters() == 3 })
+	quietlocktest.WaitFor(t, "the others waiting again", func() bool { return watchwait.Waiters() == 3 })
 	if got := c.Stats().Revision - base.Revision; got != 2 {
 		t.Errorf("revisions for the handover: got %d, want 2", got)
 	}
@@ -182,17 +184,17 @@ func TestResignHandsOver(t *testing.T) {
 // Our Election, etcd's concurrency.Election and their leader observation
 // interoperate on one prefix, both ways.
 func TestInteropWithEtcdElection(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/elect-interop"
 	ours, _ := newElection(t, c, pfx)
-	theirs := concurrency.NewElection(testetcd.NewSession(t, c.NewClient(), ttl), pfx)
+	theirs := concurrency.NewElection(quietlocktest.NewSession(t, c.NewClient(), ttl), pfx)
 	theirObs := theirs.Observe(t.Context())
 
 	if err := theirs.Campaign(t.Context(), "etcd"); err != nil {
 		t.Fatal(err)
 	}
 	results := campaignAll(t, []*elect.Election{ours})
-	testetcd.WaitFor(t, "our candidate waiting", func() bool { return watchwait.Waiters() == 1 })
+	quietlocktest.WaitFor(t, "our candidate waiting", func() bool { return watchwait.Waiters() == 1 })
 	resp, err := ours.Leader(t.Context())
 	if err != nil || string(resp.Kvs[0].Value) != "etcd" {
 		t.Fatalf("our Leader while etcd leads: %v, %v", resp, err)
@@ -214,7 +216,7 @@ func TestInteropWithEtcdElection(t *testing.T) {
 	// etcd's Campaign queues behind ours and wins when we resign.
 	done := make(chan error, 1)
 	go func() { done <- theirs.Campaign(t.Context(), "etcd again") }()
-	testetcd.WaitFor(t, "etcd's queued key", func() bool { return len(c.Keys(pfx+"/")) == 2 })
+	quietlocktest.WaitFor(t, "etcd's queued key", func() bool { return len(c.Keys(pfx+"/")) == 2 })
 	select {
 	case err := <-done:
 		t.Fatalf("etcd's Campaign returned while we led: %v", err)
@@ -241,13 +243,13 @@ func TestInteropWithEtcdElection(t *testing.T) {
 // A candidate whose session is revoked while it waits returns
 // concurrency.ErrSessionExpired and leaves nothing.
 func TestSessionRevokedWhileCampaigning(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/elect-revoked"
 	leader, _ := newElection(t, c, pfx)
 	campaignOrFatal(t, leader, "leader")
 	e, s := newElection(t, c, pfx)
 	results := campaignAll(t, []*elect.Election{e})
-	testetcd.WaitFor(t, "the candidate waiting", func() bool { return watchwait.Waiters() == 1 })
+	quietlocktest.WaitFor(t, "the candidate waiting", func() bool { return watchwait.Waiters() == 1 })
 	if _, err := c.Client.Revoke(t.Context(), s.Lease()); err != nil {
 		t.Fatal(err)
 	}
@@ -263,12 +265,12 @@ func TestSessionRevokedWhileCampaigning(t *testing.T) {
 // session, and across a leader change hidden from it by a lost connection
 // and a compaction.
 func TestObserveAcrossCompaction(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/elect-observe"
 	a, _ := newElection(t, c, pfx)
 	b, _ := newElection(t, c, pfx)
-	p := testetcd.NewProxy(t, c.Endpoint)
-	observer := elect.NewElection(testetcd.NewSession(t, testetcd.NewClient(t, p.Endpoint()), ttl), pfx)
+	p := quietlocktest.NewProxy(t, c.Endpoint)
+	observer := elect.NewElection(quietlocktest.NewSession(t, quietlocktest.NewClient(t, p.Endpoint()), ttl), pfx)
 	obs := observer.Observe(t.Context())
 
 	campaignOrFatal(t, a, "a")
@@ -303,7 +305,7 @@ func TestObserveAcrossCompaction(t *testing.T) {
 // The observer channel closes when its context ends, and its goroutine
 // with it.
 func TestObserveCloses(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	e, _ := newElection(t, c, "/quietlock/test/elect-close")
 	ctx, cancel := context.WithCancel(t.Context())
 	obs := e.Observe(ctx)
@@ -317,9 +319,9 @@ func TestObserveCloses(t *testing.T) {
 
 // Bad input gets a clear error and writes nothing.
 func TestElectionBadInput(t *testing.T) {
-	c := testetcd.New(t)
-	good := testetcd.NewSession(t, c.NewClient(), ttl)
-	closed := testetcd.NewSession(t, c.NewClient(), ttl)
+	c := quietlocktest.New(t)
+	good := quietlocktest.NewSession(t, c.NewClient(), ttl)
+	closed := quietlocktest.NewSession(t, c.NewClient(), ttl)
 	if err := closed.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/quietlock/quietlock/elect"
-	"github.com/quietlock/quietlock/internal/embedetcd"
+	"github.com/quietlock/quietlock/quietlocktest"
 )
 
 func newClient(endpoint string) *clientv3.Client {
@@ -24,7 +24,7 @@ func newClient(endpoint string) *clientv3.Client {
 // A primary/standby service embeds Run: the leading callback does the
 // primary's work, fenced with the term's token, until its context ends.
 func ExampleRun() {
-	endpoint, stop, err := embedetcd.StartInTempDir()
+	endpoint, stop, err := quietlocktest.StartInTempDir()
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func ExampleRun() {
 }
 
 func ExampleElection_Observe() {
-	endpoint, stop, err := embedetcd.StartInTempDir()
+	endpoint, stop, err := quietlocktest.StartInTempDir()
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package elect
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"time"
@@ -92,7 +93,7 @@ func WithRegisterer(r prometheus.Registerer) Option {
 }
 
 func newOptions(opts []Option) (*options, error) {
-	o := &options{ttl: DefaultTTL, log: slog.New(slog.DiscardHandler)}
+	o := &options{ttl: DefaultTTL, log: slog.New(discardHandler{})}
 	for _, opt := range opts {
 		if opt == nil {
 			return nil, fmt.Errorf("%w: nil option", ErrBadOption)
@@ -110,3 +111,12 @@ func newOptions(opts []Option) (*options, error) {
 	}
 	return o, nil
 }
+
+// discardHandler is an slog.Handler that drops every record: the logger of a
+// Run without [WithLogger]. (slog.DiscardHandler needs Go 1.24.)
+type discardHandler struct{}
+
+func (discardHandler) Enabled(context.Context, slog.Level) bool  { return false }
+func (discardHandler) Handle(context.Context, slog.Record) error { return nil }
+func (h discardHandler) WithAttrs([]slog.Attr) slog.Handler      { return h }
+func (h discardHandler) WithGroup(string) slog.Handler           { return h }

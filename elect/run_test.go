@@ -1,3 +1,5 @@
+//go:build go1.24
+
 package elect_test
 
 import (
@@ -12,7 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/quietlock/quietlock/elect"
-	"github.com/quietlock/quietlock/internal/testetcd"
+	"github.com/quietlock/quietlock/quietlocktest"
 )
 
 // Short TTLs make partition and crash tests fast; etcd's embedded minimum
@@ -98,7 +100,7 @@ func (c *candidate) await(t *testing.T, kind, leader string) event {
 // resigns, and the standby leads at once. A term lost another way is
 // followed by a new campaign.
 func TestRunHandover(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/run-handover"
 	reg := prometheus.NewRegistry()
 	a := startCandidate(t, c.NewClient(), pfx, "a", elect.WithRegisterer(reg))
@@ -160,7 +162,7 @@ func TestRunHandover(t *testing.T) {
 	if err := b.stop(t); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	testetcd.WaitFor(t, "no keys left", func() bool { return len(c.Keys(pfx+"/")) == 0 })
+	quietlocktest.WaitFor(t, "no keys left", func() bool { return len(c.Keys(pfx+"/")) == 0 })
 }
 
 // metric returns the value of the gauge or counter name in reg.
@@ -185,7 +187,7 @@ func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
 
 // Standby runners write nothing while a leader leads.
 func TestRunStandbysWriteNothing(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/run-idle"
 	leader := startCandidate(t, c.NewClient(), pfx, "leader")
 	leader.await(t, "started", "")
@@ -198,7 +200,7 @@ func TestRunStandbysWriteNothing(t *testing.T) {
 	// Each runner watches the leader's key twice: to report leaders, and to
 	// wait for (or, leading, to guard) its term. Once all are in place
 	// nothing may be written.
-	testetcd.WaitFor(t, "standbys waiting", func() bool { return c.Stats().Watchers == 2+2*4 })
+	quietlocktest.WaitFor(t, "standbys waiting", func() bool { return c.Stats().Watchers == 2+2*4 })
 	base := c.Stats()
 	time.Sleep(3 * time.Second)
 	after := c.Stats()
@@ -213,9 +215,9 @@ func TestRunStandbysWriteNothing(t *testing.T) {
 // A leader that crashes (its client closes, nothing resigns) is replaced
 // once its lease expires: within the TTL plus a generous bound.
 func TestRunCrashFailover(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/run-crash"
-	cli, err := clientv3.New(testetcd.ClientConfig(c.Endpoint))
+	cli, err := clientv3.New(quietlocktest.ClientConfig(c.Endpoint))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,15 +245,15 @@ func TestRunCrashFailover(t *testing.T) {
 // leadership before anyone else can win: its term's context is cancelled
 // strictly before the next leader's term starts, on the same clock.
 func TestRunPartitionStepsDownFirst(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/run-partition"
 	rounds := 20
 	if testing.Short() {
 		rounds = 5
 	}
 	opts := []elect.Option{elect.WithTTL(shortTTL), elect.WithSafetyMargin(shortMargin)}
-	p := testetcd.NewProxy(t, c.Endpoint)
-	aCli := testetcd.NewClient(t, p.Endpoint())
+	p := quietlocktest.NewProxy(t, c.Endpoint)
+	aCli := quietlocktest.NewClient(t, p.Endpoint())
 	bCli := c.NewClient()
 	var worst time.Duration = -1 << 63
 	for round := range rounds {
@@ -278,14 +280,14 @@ func TestRunPartitionStepsDownFirst(t *testing.T) {
 				t.Fatalf("round %d: Run of %s: %v", round, cand.id, err)
 			}
 		}
-		testetcd.WaitFor(t, "no keys left", func() bool { return len(c.Keys(pfx+"/")) == 0 })
+		quietlocktest.WaitFor(t, "no keys left", func() bool { return len(c.Keys(pfx+"/")) == 0 })
 	}
 	t.Logf("%d rounds: the old leader stepped down at least %v before the new one started", rounds, -worst)
 }
 
 // Run rejects bad input at once.
 func TestRunBadInput(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	cli := c.NewClient()
 	base := c.Stats()
 	for _, tc := range []struct {
@@ -324,7 +326,7 @@ func TestRunBadInput(t *testing.T) {
 	go func() {
 		done <- elect.Run(ctx, cli, "/p", "a", elect.Callbacks{}, elect.WithLogger(slog.New(slog.DiscardHandler)))
 	}()
-	testetcd.WaitFor(t, "a leader", func() bool { return len(c.Keys("/p/")) == 1 })
+	quietlocktest.WaitFor(t, "a leader", func() bool { return len(c.Keys("/p/")) == 1 })
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Run: %v", err)
@@ -335,7 +337,7 @@ func TestRunBadInput(t *testing.T) {
 // nothing: they share one stream, authenticated once, so the raft index does
 // not move while the leader leads.
 func TestRunLeaderWritesNothingWithAuth(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	ctx := t.Context()
 	for _, step := range []func() error{
 		func() error { _, err := c.Client.RoleAdd(ctx, "root"); return err },
@@ -347,7 +349,7 @@ func TestRunLeaderWritesNothingWithAuth(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cfg := testetcd.ClientConfig(c.Endpoint)
+	cfg := quietlocktest.ClientConfig(c.Endpoint)
 	cfg.Username, cfg.Password = "root", "secret"
 	newCli := func() *clientv3.Client {
 		cli, err := clientv3.New(cfg)

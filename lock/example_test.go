@@ -10,14 +10,14 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 
-	"github.com/quietlock/quietlock/internal/embedetcd"
 	"github.com/quietlock/quietlock/lock"
+	"github.com/quietlock/quietlock/quietlocktest"
 )
 
 // startEtcd starts an embedded etcd for the examples and returns its
 // endpoint and a function that stops it.
 func startEtcd() (endpoint string, stop func()) {
-	endpoint, stop, err := embedetcd.StartInTempDir()
+	endpoint, stop, err := quietlocktest.StartInTempDir()
 	if err != nil {
 		log.Fatal(err)
 	}

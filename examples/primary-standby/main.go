@@ -34,7 +34,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/quietlock/quietlock/elect"
-	"github.com/quietlock/quietlock/internal/embedetcd"
+	"github.com/quietlock/quietlock/quietlocktest"
 )
 
 // statusEvery is how often the status line is printed.
@@ -133,7 +133,7 @@ func demo(cfg *config, stdout, stderr io.Writer) error {
 
 	names := []string{cfg.name}
 	if len(cfg.endpoints) == 0 {
-		endpoint, stopEtcd, err := embedetcd.StartInTempDir()
+		endpoint, stopEtcd, err := quietlocktest.StartInTempDir()
 		if err != nil {
 			return err
 		}

@@ -394,8 +394,10 @@ func (e *entry) watch(ctx context.Context, rev int64) (int64, error) {
 		}
 		if n := len(wr.Events); n > 0 {
 			rev = wr.Events[n-1].Kv.ModRevision + 1
-		} else if wr.Header != nil && wr.Header.Revision >= rev {
-			rev = wr.Header.Revision + 1
+		} else if hr := wr.Header.GetRevision(); hr >= rev {
+			// GetRevision is nil-safe, and compiles whether Header is a
+			// value (etcd client 3.6) or a pointer (3.7 and later).
+			rev = hr + 1
 		}
 	}
 	return rev, nil

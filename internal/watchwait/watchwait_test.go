@@ -1,3 +1,5 @@
+//go:build go1.24
+
 package watchwait_test
 
 import (
@@ -9,14 +11,14 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 
-	"github.com/quietlock/quietlock/internal/testetcd"
 	"github.com/quietlock/quietlock/internal/watchwait"
+	"github.com/quietlock/quietlock/quietlocktest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // put creates or overwrites key and returns the owner observation of it.
-func put(t *testing.T, c *testetcd.Cluster, key string) watchwait.Owner {
+func put(t *testing.T, c *quietlocktest.Etcd, key string) watchwait.Owner {
 	t.Helper()
 	if _, err := c.Client.Put(t.Context(), key, ""); err != nil {
 		t.Fatal(err)
@@ -28,7 +30,7 @@ func put(t *testing.T, c *testetcd.Cluster, key string) watchwait.Owner {
 	return watchwait.Owner{Prefix: "/p/", Key: key, CreateRev: resp.Kvs[0].CreateRevision, Rev: resp.Header.Revision}
 }
 
-func del(t *testing.T, c *testetcd.Cluster, key string) {
+func del(t *testing.T, c *quietlocktest.Etcd, key string) {
 	t.Helper()
 	if _, err := c.Client.Delete(t.Context(), key); err != nil {
 		t.Fatal(err)
@@ -59,7 +61,7 @@ func waitDeleted(t *testing.T, w *watchwait.Waiter) {
 // Waiters on one key of one client share one server watcher; it goes away
 // with the last of them, and the registry is empty again.
 func TestShareAndRelease(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	base := c.Stats()
 	o := put(t, c, "/p/a")
 	cli := c.NewClient()
@@ -67,13 +69,13 @@ func TestShareAndRelease(t *testing.T) {
 	for i := range ws {
 		ws[i] = watchwait.Join(cli, o)
 	}
-	testetcd.WaitFor(t, "one watcher", func() bool { return c.Stats().Watchers == base.Watchers+1 })
+	quietlocktest.WaitFor(t, "one watcher", func() bool { return c.Stats().Watchers == base.Watchers+1 })
 	if got := watchwait.Entries(); got != 1 {
 		t.Errorf("entries: got %d, want 1", got)
 	}
 	// A second client has its own watch.
 	other := watchwait.Join(c.NewClient(), o)
-	testetcd.WaitFor(t, "two watchers", func() bool { return c.Stats().Watchers == base.Watchers+2 })
+	quietlocktest.WaitFor(t, "two watchers", func() bool { return c.Stats().Watchers == base.Watchers+2 })
 
 	for _, w := range ws {
 		w.Leave(nil)
@@ -83,7 +85,7 @@ func TestShareAndRelease(t *testing.T) {
 	if got := watchwait.Entries(); got != 0 {
 		t.Errorf("entries after leaving: got %d, want 0", got)
 	}
-	testetcd.WaitFor(t, "watchers and streams at baseline", func() bool {
+	quietlocktest.WaitFor(t, "watchers and streams at baseline", func() bool {
 		st := c.Stats()
 		return st.Watchers == base.Watchers && st.WatchStreams == base.WatchStreams
 	})
@@ -93,7 +95,7 @@ func TestShareAndRelease(t *testing.T) {
 // that joins with an observation older than a known deletion is woken at
 // once.
 func TestIncarnations(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	cli := c.NewClient()
 	first := put(t, c, "/p/a")
 	w1 := watchwait.Join(cli, first)
@@ -125,7 +127,7 @@ func TestIncarnations(t *testing.T) {
 // deleted before it, is still woken: the watch fails as compacted and the
 // key is read again.
 func TestStaleObservationAcrossCompaction(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	cli := c.NewClient()
 	o := put(t, c, "/p/a")
 	del(t, c, "/p/a")
@@ -160,7 +162,7 @@ func TestStaleObservationAcrossCompaction(t *testing.T) {
 // Woken waiters take turns, and each sees the owner the previous one
 // reported, if it was seen after the deletion and under the same prefix.
 func TestTurns(t *testing.T) {
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	cli := c.NewClient()
 	o := put(t, c, "/p/a")
 	elsewhere := o
@@ -198,8 +200,8 @@ func TestTurns(t *testing.T) {
 
 // Closing the client wakes its waiters with ErrClientClosed.
 func TestClientClosed(t *testing.T) {
-	c := testetcd.New(t)
-	cli, err := clientv3.New(testetcd.ClientConfig(c.Endpoint))
+	c := quietlocktest.New(t)
+	cli, err := clientv3.New(quietlocktest.ClientConfig(c.Endpoint))
 	if err != nil {
 		t.Fatal(err)
 	}

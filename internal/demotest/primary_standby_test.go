@@ -1,4 +1,6 @@
-package main
+//go:build go1.24
+
+package demotest
 
 import (
 	"bufio"
@@ -19,7 +21,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/quietlock/quietlock/internal/testetcd"
+	"github.com/quietlock/quietlock/quietlocktest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -40,7 +42,7 @@ func build(t *testing.T) string {
 			return
 		}
 		binary = filepath.Join(dir, "primary-standby")
-		out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", binary, "github.com/quietlock/quietlock/examples/primary-standby").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
@@ -256,7 +258,7 @@ func without(ps []*process, p *process) []*process {
 // once and exits 0; SIGKILL on the next hands over when its lease expires.
 func TestEndpoints(t *testing.T) {
 	bin := build(t)
-	c := testetcd.New(t)
+	c := quietlocktest.New(t)
 	var ps []*process
 	for i := range 3 {
 		ps = append(ps, startProcess(t, bin, c.Endpoint, fmt.Sprintf("p%d", i+1)))
@@ -285,7 +287,7 @@ func TestEndpoints(t *testing.T) {
 		t.Errorf("%s after SIGINT: %v, want exit 0", third.name, err)
 	}
 	third.done <- nil
-	testetcd.WaitFor(t, "the killed primary's key to expire", func() bool {
+	quietlocktest.WaitFor(t, "the killed primary's key to expire", func() bool {
 		return len(c.Keys("/quietlock/primary-standby/")) == 0
 	})
 }

@@ -1,4 +1,4 @@
-package testetcd
+package quietlocktest
 
 import (
 	"net"

@@ -1,8 +1,4 @@
-// Package testetcd gives tests a real etcd server (see internal/embedetcd)
-// with the helpers they use on it: clients that close with the test, request
-// counters and fault injection, sessions, counts of what the server stores,
-// and a loopback TCP proxy that cuts one client off.
-package testetcd
+package quietlocktest
 
 import (
 	"context"
@@ -15,15 +11,15 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
-
-	"github.com/quietlock/quietlock/internal/embedetcd"
 )
 
-// ClientConfig is embedetcd.ClientConfig: what tests use to reach endpoint.
-func ClientConfig(endpoint string) clientv3.Config { return embedetcd.ClientConfig(endpoint) }
-
-// Cluster is a running etcd server with the helpers tests use on it.
-type Cluster struct {
+// Etcd is a running etcd server for one test, with the helpers tests use
+// on it.
+//
+// Etcd is safe for concurrent use; its methods fail the test on error, so
+// call them only from the test's goroutine or others that the test waits
+// for.
+type Etcd struct {
 	// Endpoint is the server's client URL, http://127.0.0.1:port.
 	Endpoint string
 	// Client is a client for the test's own reads and checks.
@@ -36,25 +32,27 @@ type Cluster struct {
 // the same tests run against another etcd release.
 const EnvEtcd = "QUIETLOCK_TEST_ETCD"
 
-// New starts a server for the test in t.TempDir() and stops it when the
-// test ends: the embedded etcd, or the binary named by $QUIETLOCK_TEST_ETCD.
-func New(t testing.TB) *Cluster {
+// New starts a server for the test and stops it when the test ends: the
+// embedded etcd with its data in t.TempDir(), or the binary named by
+// $QUIETLOCK_TEST_ETCD ([EnvEtcd]). The server is quiet when New returns
+// (see [WaitQuiet]), on free loopback ports.
+func New(t testing.TB) *Etcd {
 	t.Helper()
 	if bin := os.Getenv(EnvEtcd); bin != "" {
 		return NewExternal(t, bin)
 	}
-	s, err := embedetcd.Start(t.TempDir())
+	s, err := StartServer(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
-	c := &Cluster{Endpoint: s.Endpoint, t: t}
+	c := &Etcd{Endpoint: s.Endpoint, t: t}
 	c.Client = c.NewClient()
 	return c
 }
 
 // NewClient returns a new client of the server, closed when the test ends.
-func (c *Cluster) NewClient() *clientv3.Client {
+func (c *Etcd) NewClient() *clientv3.Client {
 	c.t.Helper()
 	return NewClient(c.t, c.Endpoint)
 }
@@ -62,7 +60,7 @@ func (c *Cluster) NewClient() *clientv3.Client {
 // NewClient returns a new client of endpoint, closed when the test ends.
 func NewClient(t testing.TB, endpoint string) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(embedetcd.ClientConfig(endpoint))
+	cli, err := clientv3.New(ClientConfig(endpoint))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,12 +71,12 @@ func NewClient(t testing.TB, endpoint string) *clientv3.Client {
 // NewCountingClient returns a new client of the server and a counter of the
 // unary requests (reads, writes, lease grants: everything but streams) it
 // has sent. The client is closed when the test ends.
-func (c *Cluster) NewCountingClient() (*clientv3.Client, *atomic.Int64) {
+func (c *Etcd) NewCountingClient() (*clientv3.Client, *atomic.Int64) {
 	c.t.Helper()
 	return NewCountingClient(c.t, c.Endpoint)
 }
 
-// NewCountingClient is [Cluster.NewCountingClient] for any endpoint.
+// NewCountingClient is [Etcd.NewCountingClient] for any endpoint.
 func NewCountingClient(t testing.TB, endpoint string) (*clientv3.Client, *atomic.Int64) {
 	t.Helper()
 	n := new(atomic.Int64)
@@ -94,7 +92,7 @@ func NewCountingClient(t testing.TB, endpoint string) (*clientv3.Client, *atomic
 // point. The client is closed when the test ends.
 func NewInterceptedClient(t testing.TB, endpoint string, f grpc.UnaryClientInterceptor) *clientv3.Client {
 	t.Helper()
-	cfg := embedetcd.ClientConfig(endpoint)
+	cfg := ClientConfig(endpoint)
 	cfg.DialOptions = append(cfg.DialOptions, grpc.WithChainUnaryInterceptor(f))
 	cli, err := clientv3.New(cfg)
 	if err != nil {
@@ -105,11 +103,11 @@ func NewInterceptedClient(t testing.TB, endpoint string, f grpc.UnaryClientInter
 }
 
 // Stats returns the server's counters; it fails the test on error.
-func (c *Cluster) Stats() embedetcd.Stats {
+func (c *Etcd) Stats() Stats {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := embedetcd.ReadStats(ctx, c.Client, c.Endpoint)
+	st, err := ReadStats(ctx, c.Client, c.Endpoint)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -117,7 +115,7 @@ func (c *Cluster) Stats() embedetcd.Stats {
 }
 
 // Keys returns the keys under prefix; it fails the test on error.
-func (c *Cluster) Keys(prefix string) []string {
+func (c *Etcd) Keys(prefix string) []string {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -1,4 +1,4 @@
-package testetcd
+package quietlocktest
 
 import (
 	"context"
@@ -10,8 +10,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-
-	"github.com/quietlock/quietlock/internal/embedetcd"
 )
 
 // Debian's etcd-server and etcd-client packages install these.
@@ -31,9 +29,9 @@ func Binary(t testing.TB, path, pkg string) string {
 }
 
 // NewExternal starts the etcd binary bin as a single-member cluster on
-// loopback ports with its data in t.TempDir(), and stops it when the test
-// ends.
-func NewExternal(t testing.TB, bin string) *Cluster {
+// free loopback ports with its data in t.TempDir(), and stops it when the
+// test ends. The server is quiet when NewExternal returns (see [WaitQuiet]).
+func NewExternal(t testing.TB, bin string) *Etcd {
 	t.Helper()
 	var lastErr error
 	for range 5 { // a free port can be taken before etcd binds it
@@ -69,7 +67,7 @@ func NewExternal(t testing.TB, bin string) *Cluster {
 		}
 		if lastErr = waitReady(curl, exited); lastErr == nil {
 			t.Cleanup(stop)
-			c := &Cluster{Endpoint: curl, t: t}
+			c := &Etcd{Endpoint: curl, t: t}
 			c.Client = c.NewClient()
 			return c
 		}
@@ -79,9 +77,9 @@ func NewExternal(t testing.TB, bin string) *Cluster {
 	return nil
 }
 
-// waitReady waits until the server at endpoint answers a read.
+// waitReady waits until the server at endpoint answers a read and is quiet.
 func waitReady(endpoint string, exited <-chan error) error {
-	cli, err := clientv3.New(embedetcd.ClientConfig(endpoint))
+	cli, err := clientv3.New(ClientConfig(endpoint))
 	if err != nil {
 		return err
 	}
@@ -92,7 +90,9 @@ func waitReady(endpoint string, exited <-chan error) error {
 		_, err := cli.Get(ctx, "ready")
 		cancel()
 		if err == nil {
-			return nil
+			ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+			defer cancel()
+			return WaitQuiet(ctx, cli, endpoint)
 		}
 		select {
 		case err := <-exited:

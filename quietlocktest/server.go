@@ -1,22 +1,12 @@
-// Package embedetcd runs a real single-member etcd server in-process, for
-// tests, examples, benchmarks and the demo, and reads what it stores and
-// serves, so callers can show that an operation wrote nothing and left
-// nothing behind.
-//
-// Every server listens on free loopback ports only and keeps its data in a
-// directory the caller owns.
-package embedetcd
+package quietlocktest
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -32,7 +22,9 @@ import (
 // startTimeout bounds how long a server may take to become ready.
 const startTimeout = 30 * time.Second
 
-// Server is one running single-member etcd.
+// Server is one running embedded etcd member.
+//
+// Server is safe for concurrent use.
 type Server struct {
 	Endpoint string // client URL, http://127.0.0.1:port
 	dir      string
@@ -42,16 +34,21 @@ type Server struct {
 	etcd *embed.Etcd // nil while closed
 }
 
-// Start starts a single-member etcd with its data in dir. The caller must
-// call Close.
-func Start(dir string) (*Server, error) {
+// StartServer starts a single-member etcd with its data in dir, on free
+// loopback ports, and returns once it is ready and quiet (see [WaitQuiet]).
+// The caller must call [Server.Close].
+func StartServer(dir string) (*Server, error) {
 	var lastErr error
 	// A free port found by listening on :0 can be taken by someone else before
 	// etcd binds it, so a failed bind is retried with fresh ports.
 	for range 5 {
 		s, err := start(dir)
 		if err == nil {
-			return s, nil
+			if err = s.waitQuiet(); err == nil {
+				return s, nil
+			}
+			s.Close()
+			return nil, err
 		}
 		lastErr = err
 	}
@@ -78,16 +75,16 @@ func start(dir string) (*Server, error) {
 
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("embedetcd: start: %w", err)
+		return nil, fmt.Errorf("quietlocktest: start: %w", err)
 	}
 	select {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
 		e.Close()
-		return nil, fmt.Errorf("embedetcd: start: %w", err)
+		return nil, fmt.Errorf("quietlocktest: start: %w", err)
 	case <-time.After(startTimeout):
 		e.Close()
-		return nil, errors.New("embedetcd: server not ready in time")
+		return nil, errors.New("quietlocktest: server not ready in time")
 	}
 	return &Server{etcd: e, Endpoint: curl.String(), dir: dir, cfg: *cfg}, nil
 }
@@ -97,7 +94,7 @@ func freePorts(n int) ([]int, error) {
 	for range n {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			return nil, fmt.Errorf("embedetcd: free port: %w", err)
+			return nil, fmt.Errorf("quietlocktest: free port: %w", err)
 		}
 		defer l.Close()
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
@@ -117,6 +114,9 @@ func (s *Server) Close() {
 }
 
 // Revive starts a closed server again on the same data directory and ports.
+// It returns once the member is ready; unlike [StartServer] it does not wait
+// for the member to be quiet, since a revived member of a cluster may be
+// catching up with entries the others wrote.
 func (s *Server) Revive() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -137,17 +137,17 @@ func (s *Server) Revive() error {
 				e.Close()
 			case <-time.After(startTimeout):
 				e.Close()
-				return errors.New("embedetcd: restarted server not ready in time")
+				return errors.New("quietlocktest: restarted server not ready in time")
 			}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("embedetcd: restart: %w", err)
+	return fmt.Errorf("quietlocktest: restart: %w", err)
 }
 
 // StartCluster starts an n-member cluster, member i with its data in
-// dirs[i], and returns once every member is ready. The caller must close
-// every member.
+// dirs[i], on free loopback ports, and returns once every member is ready
+// and quiet (see [WaitQuiet]). The caller must close every member.
 func StartCluster(dirs []string) ([]*Server, error) {
 	n := len(dirs)
 	ports, err := freePorts(2 * n)
@@ -181,7 +181,7 @@ func StartCluster(dirs []string) ([]*Server, error) {
 		e, err := embed.StartEtcd(cfg)
 		if err != nil {
 			closeAll()
-			return nil, fmt.Errorf("embedetcd: start member %d: %w", i, err)
+			return nil, fmt.Errorf("quietlocktest: start member %d: %w", i, err)
 		}
 		servers[i] = &Server{etcd: e, Endpoint: cfg.ListenClientUrls[0].String(), dir: dirs[i], cfg: *cfg}
 	}
@@ -190,18 +190,25 @@ func StartCluster(dirs []string) ([]*Server, error) {
 		case <-s.etcd.Server.ReadyNotify():
 		case err := <-s.etcd.Err():
 			closeAll()
-			return nil, fmt.Errorf("embedetcd: member %d: %w", i, err)
+			return nil, fmt.Errorf("quietlocktest: member %d: %w", i, err)
 		case <-time.After(startTimeout):
 			closeAll()
-			return nil, fmt.Errorf("embedetcd: member %d not ready in time", i)
+			return nil, fmt.Errorf("quietlocktest: member %d not ready in time", i)
+		}
+	}
+	for _, s := range servers {
+		if err := s.waitQuiet(); err != nil {
+			closeAll()
+			return nil, err
 		}
 	}
 	return servers, nil
 }
 
-// ClientConfig is the client configuration tests use for endpoint: quiet,
-// with a short dial timeout and a short reconnect backoff, so that a test
-// that breaks connections heals quickly.
+// ClientConfig is a client configuration for endpoint suited to tests: no
+// logging, a 5 s dial timeout, and a short reconnect backoff (50 ms growing
+// to at most 1 s), so that a client cut off by a [Proxy] reconnects quickly
+// after [Proxy.Heal].
 func ClientConfig(endpoint string) clientv3.Config {
 	return clientv3.Config{
 		Endpoints:   []string{endpoint},
@@ -214,89 +221,30 @@ func ClientConfig(endpoint string) clientv3.Config {
 	}
 }
 
-// Stats is what a server has stored and is serving at one moment.
-type Stats struct {
-	Revision     int64 // store revision
-	RaftIndex    int64 // raft applied index
-	Watchers     int64 // etcd_debugging_mvcc_watcher_total
-	WatchStreams int64 // etcd_debugging_mvcc_watch_stream_total
-}
-
-// ReadStats reads the store revision and raft applied index through a
-// Status call (which writes nothing) and the watcher gauges from /metrics.
-//
-// The watcher gauges are process-wide for embedded servers: run one embedded
-// server at a time when comparing them.
-func ReadStats(ctx context.Context, c *clientv3.Client, endpoint string) (Stats, error) {
-	st, err := c.Status(ctx, strings.TrimPrefix(endpoint, "http://"))
-	if err != nil {
-		return Stats{}, fmt.Errorf("embedetcd: status: %w", err)
-	}
-	m, err := Metrics(ctx, endpoint, "etcd_debugging_mvcc_watcher_total", "etcd_debugging_mvcc_watch_stream_total")
-	if err != nil {
-		return Stats{}, err
-	}
-	return Stats{
-		Revision:     st.Header.Revision,
-		RaftIndex:    int64(st.RaftAppliedIndex),
-		Watchers:     int64(m[0]),
-		WatchStreams: int64(m[1]),
-	}, nil
-}
-
-// Metrics scrapes endpoint's /metrics and returns the value of each named
-// unlabelled metric, in order.
-func Metrics(ctx context.Context, endpoint string, names ...string) ([]float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint+"/metrics", nil)
-	if err != nil {
-		return nil, fmt.Errorf("embedetcd: metrics: %w", err)
-	}
-	// No idle connection may outlive the scrape (or the server).
-	req.Close = true
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("embedetcd: metrics: %w", err)
-	}
-	defer resp.Body.Close()
-	found := make(map[string]float64, len(names))
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
-	for sc.Scan() {
-		name, value, ok := strings.Cut(sc.Text(), " ")
-		if !ok || strings.HasPrefix(name, "#") {
-			continue
-		}
-		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
-		if err != nil {
-			continue
-		}
-		found[name] = v
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("embedetcd: metrics: %w", err)
-	}
-	out := make([]float64, len(names))
-	for i, n := range names {
-		v, ok := found[n]
-		if !ok {
-			return nil, fmt.Errorf("embedetcd: metric %s not served", n)
-		}
-		out[i] = v
-	}
-	return out, nil
-}
-
-// StartInTempDir starts a server in a new temporary directory, for examples
-// and benchmarks. stop stops the server and removes the directory.
+// StartInTempDir starts a server ([StartServer]) in a new temporary
+// directory, for programs that need an etcd of their own (demos,
+// benchmarks). stop stops the server and removes the directory.
 func StartInTempDir() (endpoint string, stop func(), err error) {
 	dir, err := os.MkdirTemp("", "quietlock-etcd")
 	if err != nil {
-		return "", nil, fmt.Errorf("embedetcd: %w", err)
+		return "", nil, fmt.Errorf("quietlocktest: %w", err)
 	}
-	s, err := Start(dir)
+	s, err := StartServer(dir)
 	if err != nil {
 		os.RemoveAll(dir)
 		return "", nil, err
 	}
 	return s.Endpoint, func() { s.Close(); os.RemoveAll(dir) }, nil
+}
+
+// waitQuiet waits, bounded by startTimeout, until s is quiet.
+func (s *Server) waitQuiet() error {
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	cli, err := clientv3.New(ClientConfig(s.Endpoint))
+	if err != nil {
+		return fmt.Errorf("quietlocktest: %w", err)
+	}
+	defer cli.Close()
+	return WaitQuiet(ctx, cli, s.Endpoint)
 }
