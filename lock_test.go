@@ -26,10 +26,10 @@ import (
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m,
-		// A three-member embedded etcd (fault_test.go) leaves its raft peers'
-		// HTTP connections behind when closed: measured with a cluster that
-		// is only started and closed. quietlock uses no net/http, and the
-		// tests' own /metrics scrapes close their connections.
+		// An embedded etcd can leave HTTP connections behind when closed
+		// (measured with a three-member cluster only started and closed).
+		// quietlock uses no net/http, and the tests' own /metrics scrapes
+		// close their connections.
 		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
 		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
 		goleak.IgnoreAnyFunction("net/http.(*conn).serve"),

@@ -1,4 +1,4 @@
-package lock_test
+package locktest_test
 
 import (
 	"context"
@@ -61,7 +61,7 @@ func Example() {
 	// hold ended: lock: unlocked
 }
 
-func ExampleMutex_TryLock() {
+func Example_tryLock() {
 	endpoint, stop := startEtcd()
 	defer stop()
 	ctx := context.Background()

@@ -1,6 +1,6 @@
 //go:build go1.24
 
-package elect_test
+package electtest_test
 
 import (
 	"context"

@@ -1,6 +1,6 @@
 //go:build go1.24
 
-package quietlock_test
+package faulttest_test
 
 import (
 	"context"

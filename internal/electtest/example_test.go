@@ -1,4 +1,4 @@
-package elect_test
+package electtest_test
 
 import (
 	"context"
@@ -23,7 +23,7 @@ func newClient(endpoint string) *clientv3.Client {
 
 // A primary/standby service embeds Run: the leading callback does the
 // primary's work, fenced with the term's token, until its context ends.
-func ExampleRun() {
+func Example_run() {
 	endpoint, stop, err := quietlocktest.StartInTempDir()
 	if err != nil {
 		log.Fatal(err)
@@ -60,7 +60,7 @@ func ExampleRun() {
 	// Run returned: <nil>
 }
 
-func ExampleElection_Observe() {
+func Example_observe() {
 	endpoint, stop, err := quietlocktest.StartInTempDir()
 	if err != nil {
 		log.Fatal(err)

@@ -1,4 +1,4 @@
-package quietlock_test
+package faulttest_test
 
 import (
 	"context"

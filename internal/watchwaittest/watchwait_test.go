@@ -1,6 +1,6 @@
 //go:build go1.24
 
-package watchwait_test
+package watchwaittest_test
 
 import (
 	"context"
