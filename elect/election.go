@@ -3,6 +3,7 @@ package elect
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -60,6 +61,30 @@ func NewElection(s *concurrency.Session, pfx string) *Election {
 	return e
 }
 
+// ResumeElection returns an Election on prefix pfx for session s that
+// leads with leaderKey, created at revision leaderRev: a leader that
+// restarts with the same session can take its leadership back without a new
+// campaign. It makes no request; [Election.Proclaim] and [Election.Resign]
+// then act on leaderKey only while its create revision is still leaderRev.
+//
+// It mirrors etcd's concurrency.ResumeElection with one difference: etcd's
+// keeps pfx as given, so that its Leader and Observe also see keys of
+// sibling prefixes ("/a" also matches "/ab/..."), while this one adds the
+// trailing "/" as [NewElection] does. A leaderKey that is not under pfx + "/",
+// or a leaderRev that is not positive, is reported by every method as
+// [ErrBadLeaderKey].
+func ResumeElection(s *concurrency.Session, pfx string, leaderKey string, leaderRev int64) *Election {
+	e := NewElection(s, pfx)
+	switch {
+	case e.err != nil:
+	case !strings.HasPrefix(leaderKey, e.pfx) || len(leaderKey) == len(e.pfx) || leaderRev <= 0:
+		e.err = fmt.Errorf("%w: %q at revision %d under %q", ErrBadLeaderKey, leaderKey, leaderRev, e.pfx)
+	default:
+		e.key, e.rev = leaderKey, leaderRev
+	}
+	return e
+}
+
 func (e *Election) usable() error {
 	if e.err != nil {
 		return e.err
@@ -84,12 +109,16 @@ func (e *Election) contender() acquire.Contender {
 //
 // Campaign returns concurrency.ErrSessionExpired as soon as the session ends
 // (etcd's Campaign keeps waiting, or returns nil without leading), and ctx's
-// error when ctx ends first; in every error case nothing of this call is
-// left in etcd.
+// error, unwrapped, when ctx ends first; in every error case nothing of this
+// call is left in etcd. A claim in flight when ctx ends is completed (and
+// undone), so Campaign can return up to about one second after ctx's end,
+// never more (see the package documentation).
 func (e *Election) Campaign(ctx context.Context, val string) error {
 	if err := e.usable(); err != nil {
 		return err
 	}
+	octx, stop := acquire.Overrun(ctx)
+	defer stop()
 	r, err := acquire.Acquire(ctx, e.contender(), val)
 	if err != nil {
 		return err
@@ -100,7 +129,7 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 	if !r.Wrote && string(r.Value) != val {
 		// We led already, with another value.
 		if err := e.Proclaim(ctx, val); err != nil {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), acquire.WriteTimeout)
+			rctx, cancel := context.WithTimeout(octx, acquire.WriteTimeout)
 			defer cancel()
 			_ = e.Resign(rctx)
 			return err
@@ -129,7 +158,7 @@ func (e *Election) Proclaim(ctx context.Context, val string) error {
 		Then(clientv3.OpPut(key, val, clientv3.WithLease(e.s.Lease()))).
 		Commit()
 	if err != nil {
-		return fmt.Errorf("elect: proclaim %s: %w", key, ctxErrOr(ctx, err))
+		return wrapErr(ctx, err, "elect: proclaim %s", key)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -161,7 +190,7 @@ func (e *Election) Resign(ctx context.Context) error {
 		Then(clientv3.OpDelete(key)).
 		Commit()
 	if err != nil {
-		return fmt.Errorf("elect: resign %s: %w", key, ctxErrOr(ctx, err))
+		return wrapErr(ctx, err, "elect: resign %s", key)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -184,7 +213,7 @@ func (e *Election) Leader(ctx context.Context) (*clientv3.GetResponse, error) {
 	}
 	resp, err := e.s.Client().Get(ctx, e.pfx, clientv3.WithFirstCreate()...)
 	if err != nil {
-		return nil, fmt.Errorf("elect: leader of %s: %w", e.pfx, err)
+		return nil, wrapErr(ctx, err, "elect: leader of %s", e.pfx)
 	}
 	if len(resp.Kvs) == 0 {
 		return nil, concurrency.ErrElectionNoLeader
@@ -216,11 +245,13 @@ func (e *Election) Header() *pb.ResponseHeader {
 	return e.hdr
 }
 
-// ctxErrOr returns ctx's error if ctx has ended (etcd reports the caller's
-// deadline as its own timeout), else err.
-func ctxErrOr(ctx context.Context, err error) error {
+// wrapErr returns ctx's error, unwrapped, if ctx has ended (as etcd's
+// methods do, so that err == context.Canceled holds; etcd also reports the
+// caller's deadline as its own timeout), and otherwise err wrapped with a
+// message made of format and args.
+func wrapErr(ctx context.Context, err error, format string, args ...any) error {
 	if cerr := acquire.CtxErr(ctx); cerr != nil {
 		return cerr
 	}
-	return err
+	return fmt.Errorf(format+": %w", append(args, err)...)
 }

@@ -6,7 +6,10 @@ import "errors"
 // they mirror etcd's API: concurrency.ErrElectionNotLeader from
 // [Election.Proclaim], concurrency.ErrElectionNoLeader from
 // [Election.Leader], and concurrency.ErrSessionExpired when the session has
-// ended. Errors from etcd are wrapped: test them with errors.Is.
+// ended. When a method's context ends, it returns the context's error
+// unwrapped (context.Canceled or context.DeadlineExceeded), as etcd's do, so
+// that == works. Other errors from etcd are wrapped: test them with
+// errors.Is.
 var (
 	// ErrNilSession is returned by every method of an Election made with a
 	// nil session.
@@ -15,6 +18,11 @@ var (
 	// ErrEmptyPrefix is returned by every method of an Election made with an
 	// empty prefix.
 	ErrEmptyPrefix = errors.New("elect: empty prefix")
+
+	// ErrBadLeaderKey is returned by every method of an Election made by
+	// [ResumeElection] with a leader key that is not under its prefix, or a
+	// revision that is not positive.
+	ErrBadLeaderKey = errors.New("elect: leader key not under the prefix")
 
 	// ErrNilClient is returned by [Run] without a client.
 	ErrNilClient = errors.New("elect: nil client")

@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/quietlock/quietlock/internal/promreg"
 )
 
 // metrics are [Run]'s counters. Without a registerer they are kept but not
@@ -45,29 +47,13 @@ func newMetrics(reg prometheus.Registerer, pfx string) (*metrics, error) {
 		return m, nil
 	}
 	var errs [5]error
-	m.isLeader, errs[0] = register(reg, m.isLeader)
-	m.changes, errs[1] = register(reg, m.changes)
-	m.attempts, errs[2] = register(reg, m.attempts)
-	m.writes, errs[3] = register(reg, m.writes)
-	m.watchRestarts, errs[4] = register(reg, m.watchRestarts)
+	m.isLeader, errs[0] = promreg.Register(reg, m.isLeader)
+	m.changes, errs[1] = promreg.Register(reg, m.changes)
+	m.attempts, errs[2] = promreg.Register(reg, m.attempts)
+	m.writes, errs[3] = promreg.Register(reg, m.writes)
+	m.watchRestarts, errs[4] = promreg.Register(reg, m.watchRestarts)
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, fmt.Errorf("elect: register metrics: %w", err)
 	}
 	return m, nil
-}
-
-// register registers c with reg, or returns the collector already
-// registered under the same description (another Run on the same prefix).
-func register[T prometheus.Collector](reg prometheus.Registerer, c T) (T, error) {
-	err := reg.Register(c)
-	if err == nil {
-		return c, nil
-	}
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if existing, ok := are.ExistingCollector.(T); ok {
-			return existing, nil
-		}
-	}
-	return c, err
 }

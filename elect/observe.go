@@ -14,10 +14,19 @@ import (
 )
 
 // Observe returns a channel that reports the leader: a response for the
-// leader at the time of the call (once there is one), then one for every
-// change of leader and every change of the leader's value. Each response
-// holds the leader's key-value as Kvs[0] and a header whose Revision is the
-// revision it describes, as etcd's Observe does.
+// leader at the time of the call (once there is one), then, after each
+// change of leader or of the leader's value, a response for the leader as
+// it is then. Each response holds the leader's key-value as Kvs[0] and a
+// header whose Revision is the revision it describes, as etcd's Observe
+// does.
+//
+// What is guaranteed is the latest state after every change, not every
+// term: when the leader's key is deleted, Observe reads who leads next, and
+// a leader elected and gone between two such reads is not reported (leaders
+// A, B, C in quick succession can be reported as A, then C). etcd's Observe
+// does the same. Use the fencing token of each response (the leader key's
+// create revision) to tell terms apart; never infer from Observe that a
+// term did not exist.
 //
 // The channel is buffered (capacity 1) and coalesces: if the receiver is
 // slower than the changes, undelivered responses are replaced by newer ones,
@@ -59,7 +68,8 @@ func (e *Election) Observe(ctx context.Context) <-chan *clientv3.GetResponse {
 }
 
 // follow reports the leader of pfx to emit until ctx ends or the client is
-// closed: every change of leader or value, and no leader as a response with
+// closed: the latest state after every change of leader or value (short
+// terms between two reads can be missed), and no leader as a response with
 // no Kvs. It never reports the same state twice in a row. restart, if not
 // nil, is called each time a watch had to be re-established.
 func follow(ctx context.Context, cli *clientv3.Client, pfx string, emit func(*clientv3.GetResponse), restart func()) {

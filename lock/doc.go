@@ -47,23 +47,30 @@
 // # Errors and cleanup
 //
 // Every call that fails leaves nothing of its own in etcd: no key, no watch,
-// no goroutine. A claim in flight when ctx is cancelled is allowed to finish
-// (bounded by 5 s) so that its outcome is known; if it won, it is undone and
-// the call returns ctx's error. If the outcome of a claim stays unknown (its
-// answer was lost) the key is read back and removed before the call returns;
-// only a claim delayed in the network beyond that read can still land, and it
-// is then released with the session or taken over by this Mutex's next call.
-// Lock retries transient etcd errors (no leader, a lost connection) with a
-// backoff; TryLock and Unlock return them.
+// no goroutine. A call whose context has ended sends no claim. A claim
+// already in flight when the context ends is allowed to finish so that its
+// outcome is known; if it won, it is undone and the call returns the
+// context's error. Together these run on for at most one second after the
+// context ends (its deadline, or its cancellation), so Lock and TryLock
+// return within a second of their deadline. If etcd does not answer within
+// that second, a claim whose outcome is still unknown may leave the key
+// behind, attached to the session's lease: it goes with the session, or is
+// taken over by this Mutex's next Lock or TryLock. Lock retries transient
+// etcd errors (no leader, a lost connection) with a backoff; TryLock and
+// Unlock return them.
 //
-// Errors from etcd are wrapped: test them with errors.Is. etcd's own
-// sentinels are returned as they are where the API mirrors etcd's
-// (concurrency.ErrLocked, concurrency.ErrSessionExpired); [ErrNotHeld]
-// matches concurrency.ErrLockReleased through errors.Is only.
+// Where the API mirrors etcd's, errors are etcd's own values, unwrapped, so
+// that code comparing with == keeps working: concurrency.ErrLocked,
+// concurrency.ErrSessionExpired, concurrency.ErrLockReleased ([ErrNotHeld]
+// is that same value), and the context's own error (context.Canceled,
+// context.DeadlineExceeded) when a call's context has ended. Other errors
+// from etcd are wrapped: test them with errors.Is.
 //
-// Invalid input (a nil session, an empty prefix) is reported by every method
-// with [ErrNilSession] or [ErrEmptyPrefix]; an ended session with
-// concurrency.ErrSessionExpired.
+// Invalid input (a nil session, an empty prefix, a bad option) is reported
+// by every method with [ErrNilSession], [ErrEmptyPrefix] or [ErrBadOption];
+// an ended session with concurrency.ErrSessionExpired. An orphaned session
+// (concurrency.Session.Orphan) counts as ended: Lock and TryLock return
+// concurrency.ErrSessionExpired, where etcd's go on.
 //
 // Do not share one session between two Mutexes on the same prefix: they map
 // to the same key and so to the same hold, as with etcd's Mutex. Nor nest

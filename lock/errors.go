@@ -10,7 +10,9 @@ import (
 // etcd's API, unwrapped, so that code written against concurrency.Mutex
 // keeps working whether it compares with == or errors.Is:
 // concurrency.ErrLocked from [Mutex.TryLock] when the lock is held elsewhere,
-// and concurrency.ErrSessionExpired when the session has ended.
+// and concurrency.ErrSessionExpired when the session has ended. When a
+// method's context ends, it returns the context's error unwrapped
+// (context.Canceled or context.DeadlineExceeded), as etcd's do.
 var (
 	// ErrNilSession is returned by every method of a Mutex made with a nil
 	// session.
@@ -21,10 +23,15 @@ var (
 	ErrEmptyPrefix = errors.New("lock: empty prefix")
 
 	// ErrNotHeld is returned by [Mutex.Unlock] when the Mutex holds nothing,
-	// and by [Mutex.Err] before the first hold. It matches
-	// concurrency.ErrLockReleased with errors.Is, as etcd's Unlock returns
-	// that in the same case.
-	ErrNotHeld error = &aliasError{msg: "lock: not held", alias: concurrency.ErrLockReleased}
+	// and by [Mutex.Err] before the first hold. It is etcd's
+	// concurrency.ErrLockReleased itself, which etcd's Unlock returns in the
+	// same case, so that both == and errors.Is match either name.
+	ErrNotHeld = concurrency.ErrLockReleased
+
+	// ErrBadOption is wrapped by the error every method of a Mutex returns
+	// when [NewMutex] was given an invalid option, or its metrics could not
+	// be registered.
+	ErrBadOption = errors.New("lock: invalid option")
 
 	// ErrUnlocked is the [Mutex.Err] of a hold ended by [Mutex.Unlock].
 	ErrUnlocked = errors.New("lock: unlocked")
@@ -33,13 +40,3 @@ var (
 	// someone else, or was already gone when Unlock came.
 	ErrKeyDeleted = errors.New("lock: key deleted")
 )
-
-// aliasError is a sentinel of this package that also matches another
-// package's sentinel for the same condition.
-type aliasError struct {
-	msg   string
-	alias error
-}
-
-func (e *aliasError) Error() string { return e.msg }
-func (e *aliasError) Unwrap() error { return e.alias }

@@ -16,21 +16,36 @@ type hold struct {
 	rev     int64 // create revision of key
 	seenRev int64 // store revision at which key was known to exist
 
-	done chan struct{}
-	once sync.Once
-	err  error // written once, before done is closed
+	done  chan struct{}
+	once  sync.Once
+	err   error  // written once, before done is closed
+	onEnd func() // called once, when the hold ends
 
-	// unlocking is set once Unlock has sent a delete, so that the watcher
-	// seeing that delete reports ErrUnlocked, not ErrKeyDeleted.
+	// unlocking is set once Unlock has sent a delete. A watcher that sees
+	// the key deleted after that waits for Unlock's answer, which tells
+	// whose delete it saw: Unlock's (ErrUnlocked) or someone else's that
+	// came first (ErrKeyDeleted).
 	unlocking atomic.Bool
+	decided   chan struct{} // closed by decide
+	decideOne sync.Once
+	verdict   error // written once, before decided is closed
 
 	// exited is nil until a watcher goroutine is started by Done or Err,
 	// and closed when that goroutine returns. Guarded by Mutex.mu.
 	exited chan struct{}
 }
 
-func newHold(key string, rev, seenRev int64) *hold {
-	return &hold{key: key, rev: rev, seenRev: seenRev, done: make(chan struct{})}
+func newHold(key string, rev, seenRev int64, onEnd func()) *hold {
+	return &hold{key: key, rev: rev, seenRev: seenRev, done: make(chan struct{}), decided: make(chan struct{}), onEnd: onEnd}
+}
+
+// decide records why Unlock's delete found the hold ended; only the first
+// call counts.
+func (h *hold) decide(reason error) {
+	h.decideOne.Do(func() {
+		h.verdict = reason
+		close(h.decided)
+	})
 }
 
 // end ends the hold with reason err; only the first call counts.
@@ -38,6 +53,7 @@ func (h *hold) end(err error) {
 	h.once.Do(func() {
 		h.err = err
 		close(h.done)
+		h.onEnd()
 	})
 }
 
@@ -111,7 +127,13 @@ func (m *Mutex) watched() *hold {
 			case err != nil:
 				h.end(fmt.Errorf("lock: watching %s: %w", h.key, err))
 			case h.unlocking.Load():
-				h.end(ErrUnlocked)
+				// Unlock sent a delete; its answer says whether the
+				// deletion seen was that delete or one before it.
+				select {
+				case <-h.decided:
+					h.end(h.verdict)
+				case <-h.done:
+				}
 			default:
 				h.end(ErrKeyDeleted)
 			}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/quietlock/quietlock/internal/acquire"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -43,22 +45,51 @@ type Mutex struct {
 	pfx string // with the trailing "/"
 	err error  // invalid input, returned by every call
 
+	log   *slog.Logger
+	met   *metrics
+	hooks *acquire.Hooks
+
 	mu   sync.Mutex
 	key  string // key of the current hold; "" when none
+	idle string // what Key returns without a hold: "" before any attempt, then "\x00"
 	rev  int64  // its create revision
 	hdr  *pb.ResponseHeader
 	hold *hold // current or latest hold; nil before the first
 }
 
 // NewMutex returns a Mutex on prefix pfx for session s. It makes no request.
-// A nil s or an empty pfx is reported by every method of the Mutex.
-func NewMutex(s *concurrency.Session, pfx string) *Mutex {
-	m := &Mutex{s: s, pfx: pfx + "/"}
+// A nil s, an empty pfx or an invalid option is reported by every method of
+// the Mutex. Without options it is called as etcd's concurrency.NewMutex is.
+//
+// With [WithRegisterer], the Mutex keeps these metrics, labelled with the
+// prefix: quietlock_lock_held and quietlock_lock_waiting (gauges),
+// quietlock_lock_acquisitions_total, quietlock_lock_trylock_failures_total,
+// quietlock_lock_writes_total and quietlock_lock_watch_restarts_total
+// (counters), and quietlock_lock_wait_seconds (a histogram of how long Lock
+// calls took). A waiting Lock moves only the waiting gauge: it sends
+// nothing, so nothing is counted.
+func NewMutex(s *concurrency.Session, pfx string, opts ...Option) *Mutex {
+	m := &Mutex{s: s, pfx: pfx + "/", log: slog.New(discardHandler{})}
+	o, err := newOptions(opts)
 	switch {
 	case s == nil:
 		m.err = ErrNilSession
 	case pfx == "":
 		m.err = ErrEmptyPrefix
+	case err != nil:
+		m.err = err
+	}
+	if m.err != nil {
+		return m
+	}
+	if m.met, err = newMetrics(o.reg, m.pfx); err != nil {
+		m.err = fmt.Errorf("%w: %w", ErrBadOption, err)
+		return m
+	}
+	m.log = o.log
+	m.hooks = &acquire.Hooks{
+		Write:        m.met.writes.Inc,
+		WatchRestart: func(n int64) { m.met.watchRestarts.Add(float64(n)) },
 	}
 	return m
 }
@@ -91,8 +122,12 @@ func (m *Mutex) TryLock(ctx context.Context) error {
 	r, err := acquire.Try(ctx, m.contender(), "")
 	switch {
 	case err != nil:
+		m.failed()
+		m.log.Warn("lock: trylock failed", "prefix", m.pfx, "err", err)
 		return err
 	case !r.Won:
+		m.failed()
+		m.met.tryFailures.Inc()
 		return concurrency.ErrLocked
 	}
 	m.acquired(r)
@@ -110,16 +145,35 @@ func (m *Mutex) Lock(ctx context.Context) error {
 	if err := m.usable(); err != nil {
 		return err
 	}
+	m.met.waiting.Inc()
+	start := time.Now()
 	r, err := acquire.Acquire(ctx, m.contender(), "")
+	m.met.wait.Observe(time.Since(start).Seconds())
+	m.met.waiting.Dec()
 	if err != nil {
+		m.failed()
+		m.log.Debug("lock: lock failed", "prefix", m.pfx, "err", err)
 		return err
 	}
 	m.acquired(r)
 	return nil
 }
 
+// failed records an attempt that did not take the lock: without a hold, Key
+// then returns "\x00", as etcd's does.
+func (m *Mutex) failed() {
+	m.mu.Lock()
+	m.idle = noKey
+	m.mu.Unlock()
+}
+
+// noKey is what Key returns once an attempt has failed or a hold has been
+// unlocked, as etcd's Mutex does: not empty, so that a transaction built
+// from Key and IsOwner is a harmless no-op rather than an invalid request.
+const noKey = "\x00"
+
 func (m *Mutex) contender() acquire.Contender {
-	return acquire.Contender{Session: m.s, Prefix: m.pfx, Pkg: "lock"}
+	return acquire.Contender{Session: m.s, Prefix: m.pfx, Pkg: "lock", Hooks: m.hooks}
 }
 
 // Unlock releases the lock. It deletes the key only if it is still this
@@ -150,27 +204,37 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 		// after a failed Unlock whose delete did apply is still reported as
 		// our own unlock.
 		tried := h.unlocking.Swap(true)
+		m.met.writes.Inc()
 		resp, err := m.s.Client().Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
 			Then(clientv3.OpDelete(key)).
 			Commit()
 		if err != nil {
 			if cerr := acquire.CtxErr(ctx); cerr != nil {
-				// etcd reports the caller's deadline as its own timeout.
+				// Bare, as etcd's Unlock returns it (etcd also reports the
+				// caller's deadline as its own timeout).
 				err = cerr
+			} else {
+				err = fmt.Errorf("lock: unlock %s: %w", key, err)
 			}
-			return fmt.Errorf("lock: unlock %s: %w", key, err)
+			// The delete may have applied: a watcher that saw it takes it
+			// for this Unlock's.
+			h.decide(ErrUnlocked)
+			m.log.Warn("lock: unlock failed", "key", key, "err", err)
+			return err
 		}
 		if !resp.Succeeded && !tried {
 			reason = ErrKeyDeleted
 		}
+		h.decide(reason)
 	}
 	m.mu.Lock()
 	if m.hold == h {
-		m.key, m.rev = "", 0
+		m.key, m.rev, m.idle = "", 0, noKey
 	}
 	m.mu.Unlock()
 	m.finish(h, reason)
+	m.log.Debug("lock: unlocked", "key", key, "reason", reason)
 	return nil
 }
 
@@ -191,11 +255,16 @@ func (m *Mutex) IsOwner() clientv3.Cmp {
 	return clientv3.Compare(clientv3.CreateRevision(m.key), "=", m.rev)
 }
 
-// Key returns the key of the current hold, or "" when the Mutex holds none
-// (etcd's Mutex returns "\x00" after Unlock).
+// Key returns the key of the current hold. Without a hold it returns what
+// etcd's Mutex does: "" before the first Lock or TryLock, and "\x00" after
+// an Unlock or a failed attempt. (While Lock waits it returns the previous
+// value: etcd's waiter already has a key, quietlock's does not.)
 func (m *Mutex) Key() string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.key == "" {
+		return m.idle
+	}
 	return m.key
 }
 
@@ -229,10 +298,13 @@ func (m *Mutex) acquired(r acquire.Result) {
 	}
 	old := m.hold
 	m.key, m.rev = key, rev
-	m.hold = newHold(key, rev, r.Header.Revision)
+	m.hold = newHold(key, rev, r.Header.Revision, func() { m.met.held.Set(0) })
 	m.mu.Unlock()
 	if old != nil {
 		// A new hold means the old one is over, whatever was last seen of it.
 		m.finish(old, ErrKeyDeleted)
 	}
+	m.met.acquisitions.Inc()
+	m.met.held.Set(1)
+	m.log.Debug("lock: acquired", "key", key, "rev", rev)
 }

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -25,9 +26,49 @@ import (
 	"github.com/quietlock/quietlock/internal/watchwait"
 )
 
-// WriteTimeout bounds a write that runs on after its caller's context is
-// cancelled, and each cleanup after a failed call.
+// WriteTimeout bounds each write that runs on after its caller's context
+// has ended (a claim in flight, a cleanup), from when it is sent.
 const WriteTimeout = 5 * time.Second
+
+// MaxOverrun bounds how long after its context ends a call of this package
+// returns. A claim in flight when ctx ends runs on, so that its outcome is
+// known and a key it created can be removed; both the claim and that removal
+// must finish within MaxOverrun of ctx's end. A claim whose outcome is still
+// unknown then may leave the contender's key, attached to its session's
+// lease, until the session ends or the contender's next call takes or
+// removes it.
+const MaxOverrun = time.Second
+
+// Overrun returns a context for the writes that must run on after ctx ends:
+// it is not cancelled with ctx, but ends MaxOverrun after ctx does (at its
+// deadline or when it is cancelled). Call it when a
+// call starts, and use the one context for every such write of the call, so
+// that together they overrun ctx by MaxOverrun at most. stop releases it.
+func Overrun(ctx context.Context) (octx context.Context, stop func()) {
+	octx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	var (
+		mu      sync.Mutex
+		timer   *time.Timer
+		stopped bool
+	)
+	stopAfter := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			timer = time.AfterFunc(MaxOverrun, cancel)
+		}
+	})
+	return octx, func() {
+		stopAfter()
+		mu.Lock()
+		stopped = true
+		if timer != nil {
+			timer.Stop()
+		}
+		mu.Unlock()
+		cancel()
+	}
+}
 
 // errUnsure marks a claim whose outcome is unknown: the key may exist.
 var errUnsure = errors.New("outcome of claim unknown")
@@ -40,10 +81,17 @@ type Contender struct {
 	Hooks   *Hooks // optional
 }
 
-// Hooks count what a contender sends; each may be nil.
+// Hooks count what a contender sends and sees; each may be nil.
 type Hooks struct {
-	Attempt func() // an attempt that sends a request (a read, maybe a claim)
-	Write   func() // a write: a claim or the removal of a key
+	Attempt      func()        // an attempt that sends a request (a read, maybe a claim)
+	Write        func()        // a write: a claim or the removal of a key
+	WatchRestart func(n int64) // n restarts of the watch a wait used
+}
+
+func (h *Hooks) watchRestarts(n int64) {
+	if h != nil && h.WatchRestart != nil && n > 0 {
+		h.WatchRestart(n)
+	}
 }
 
 func (h *Hooks) attempt() {
@@ -74,11 +122,13 @@ type Result struct {
 // false when someone else owns it, having written nothing. On error nothing
 // of this call is left in etcd; if ctx ended, the error is ctx's.
 func Try(ctx context.Context, c Contender, val string) (Result, error) {
-	r, err := c.attempt(ctx, nil, false, val)
+	octx, stop := Overrun(ctx)
+	defer stop()
+	r, err := c.attempt(ctx, octx, nil, false, val)
 	if err != nil {
-		return Result{}, c.abandon(ctx, ctx, err, errors.Is(err, errUnsure))
+		return Result{}, c.abandon(ctx, ctx, octx, err, errors.Is(err, errUnsure))
 	}
-	return c.settle(ctx, r)
+	return c.settle(ctx, octx, r)
 }
 
 // Acquire takes the prefix, waiting as long as ctx allows. While waiting it
@@ -86,8 +136,11 @@ func Try(ctx context.Context, c Contender, val string) (Result, error) {
 // again only when that key is deleted. It returns
 // concurrency.ErrSessionExpired as soon as the session ends and ctx's error
 // when ctx ends first; on every error nothing of this call is left in etcd.
-// Transient etcd errors are retried with a backoff.
+// Transient etcd errors are retried with a backoff. It returns within
+// MaxOverrun of ctx's end.
 func Acquire(ctx context.Context, c Contender, val string) (Result, error) {
+	octx, stopOverrun := Overrun(ctx)
+	defer stopOverrun()
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stop := context.AfterFunc(c.Session.Ctx(), func() { cancel(concurrency.ErrSessionExpired) })
@@ -109,10 +162,10 @@ func Acquire(ctx context.Context, c Contender, val string) (Result, error) {
 	defer leave(nil)
 	fail := func(err error) (Result, error) {
 		leave(nil)
-		return Result{}, c.abandon(ctx, wctx, err, unsure)
+		return Result{}, c.abandon(ctx, wctx, octx, err, unsure)
 	}
 	for {
-		r, err := c.attempt(wctx, known, woken, val)
+		r, err := c.attempt(wctx, octx, known, woken, val)
 		known, woken = nil, false
 		if err != nil {
 			// Hand the turn on without an observation.
@@ -132,14 +185,16 @@ func Acquire(ctx context.Context, c Contender, val string) (Result, error) {
 		// waiter can go back to waiting without a request.
 		leave(&r.Owner)
 		if r.Won {
-			return c.settle(ctx, r)
+			return c.settle(ctx, octx, r)
 		}
 		bo = nil
 
 		w = watchwait.Join(c.Session.Client(), r.Owner)
 		select {
 		case <-w.Deleted():
+			c.Hooks.watchRestarts(w.Restarts())
 		case <-wctx.Done():
+			c.Hooks.watchRestarts(w.Restarts())
 			return fail(wctx.Err())
 		}
 		if err := w.Err(); err != nil {
@@ -159,7 +214,10 @@ func Acquire(ctx context.Context, c Contender, val string) (Result, error) {
 // claim at once: the claim is conditional anyway and names the owner when
 // it fails, and the prefix is most likely empty then, so the read would only
 // delay the handover.
-func (c Contender) attempt(ctx context.Context, known *watchwait.Owner, woken bool, val string) (Result, error) {
+//
+// The claim is sent only while ctx lasts, and then runs on under octx (see
+// [Overrun]) if ctx ends meanwhile, so that its outcome is known.
+func (c Contender) attempt(ctx, octx context.Context, known *watchwait.Owner, woken bool, val string) (Result, error) {
 	cli := c.Session.Client()
 	me := c.Key()
 	if known != nil && known.Key != me {
@@ -176,9 +234,14 @@ func (c Contender) attempt(ctx context.Context, known *watchwait.Owner, woken bo
 		}
 	}
 
+	// A caller that has gone must not cost etcd a write: its turn may have
+	// come just as its context ended.
+	if err := CtxErr(ctx); err != nil {
+		return Result{}, err
+	}
 	// The write runs to completion even if ctx is cancelled meanwhile, so
 	// that its outcome is known and, if the caller has gone, undone.
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), WriteTimeout)
+	wctx, cancel := context.WithTimeout(octx, WriteTimeout)
 	defer cancel()
 	c.Hooks.write()
 	tresp, err := cli.Txn(wctx).
@@ -217,12 +280,12 @@ func (c Contender) saw(kv *mvccpb.KeyValue, hdr *pb.ResponseHeader) Result {
 // settle returns a won result, unless this call's claim won after ctx had
 // ended: then the key is removed again, so that a cancelled call holds
 // nothing, and ctx's error is returned.
-func (c Contender) settle(ctx context.Context, r Result) (Result, error) {
+func (c Contender) settle(ctx, octx context.Context, r Result) (Result, error) {
 	err := CtxErr(ctx)
 	if !r.Wrote || err == nil {
 		return r, nil
 	}
-	if rerr := c.remove(ctx, r.Owner.CreateRev); rerr != nil {
+	if rerr := c.remove(octx, r.Owner.CreateRev); rerr != nil {
 		err = errors.Join(err, rerr)
 	}
 	return Result{}, err
@@ -230,7 +293,7 @@ func (c Contender) settle(ctx context.Context, r Result) (Result, error) {
 
 // abandon turns the error that ends an attempt into what the caller gets,
 // and removes a key that a claim of unknown outcome may have left.
-func (c Contender) abandon(ctx, wctx context.Context, err error, unsure bool) error {
+func (c Contender) abandon(ctx, wctx, octx context.Context, err error, unsure bool) error {
 	switch cerr := CtxErr(ctx); {
 	case cerr != nil:
 		err = cerr
@@ -238,7 +301,7 @@ func (c Contender) abandon(ctx, wctx context.Context, err error, unsure bool) er
 		err = concurrency.ErrSessionExpired
 	}
 	if unsure {
-		if rerr := c.dropStray(ctx); rerr != nil {
+		if rerr := c.dropStray(octx); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
 	}
@@ -247,9 +310,10 @@ func (c Contender) abandon(ctx, wctx context.Context, err error, unsure bool) er
 
 // dropStray deletes the contender's key if a claim whose outcome was unknown
 // created it. The key can exist only through such a claim: a claim is sent
-// only when the prefix, and so the key, was found empty.
-func (c Contender) dropStray(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), WriteTimeout)
+// only when the prefix, and so the key, was found empty. octx is the call's
+// [Overrun] context.
+func (c Contender) dropStray(octx context.Context) error {
+	ctx, cancel := context.WithTimeout(octx, WriteTimeout)
 	defer cancel()
 	resp, err := c.Session.Client().Get(ctx, c.Key())
 	if err != nil {
@@ -262,8 +326,9 @@ func (c Contender) dropStray(ctx context.Context) error {
 }
 
 // remove deletes the contender's key if its create revision is still rev.
-func (c Contender) remove(ctx context.Context, rev int64) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), WriteTimeout)
+// octx is the call's [Overrun] context.
+func (c Contender) remove(octx context.Context, rev int64) error {
+	ctx, cancel := context.WithTimeout(octx, WriteTimeout)
 	defer cancel()
 	c.Hooks.write()
 	_, err := c.Session.Client().Txn(ctx).

@@ -48,6 +48,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -93,6 +94,10 @@ type entry struct {
 
 	refs int // guarded by registry.mu
 
+	// restarts counts the watches started after the first one (after a
+	// compaction or a failure); see [Waiter.Restarts].
+	restarts atomic.Int64
+
 	mu sync.Mutex
 	// gone is the watermark of what is known deleted: every incarnation of
 	// the key created before revision gone no longer exists. It only grows.
@@ -117,6 +122,8 @@ type Waiter struct {
 	err     error
 	hasTurn bool
 	left    bool
+	// restarts0 is the entry's restart count when the waiter joined.
+	restarts0 int64
 }
 
 // Join registers a waiter for the deletion of o's incarnation of o.Key,
@@ -135,6 +142,7 @@ func Join(c *clientv3.Client, o Owner) *Waiter {
 	}
 	e.refs++
 	w.e = e
+	w.restarts0 = e.restarts.Load()
 	e.mu.Lock()
 	registry.mu.Unlock()
 	defer e.mu.Unlock()
@@ -154,6 +162,11 @@ func Join(c *clientv3.Client, o Owner) *Waiter {
 	e.waiters[w] = struct{}{}
 	return w
 }
+
+// Restarts returns how many times the watch this waiter shares had to be
+// started again (after a compaction, a lost connection, no leader) since the
+// waiter joined.
+func (w *Waiter) Restarts() int64 { return w.e.restarts.Load() - w.restarts0 }
 
 // Deleted returns a channel that is closed when the owner's incarnation is
 // known to be deleted, or when the watch failed for good; [Waiter.Err] tells
@@ -322,7 +335,10 @@ func (e *entry) run(ctx context.Context, rev int64) {
 		// No revision to start from: learn the key's state first.
 		rev = 0
 	}
-	for {
+	for first := true; ; first = false {
+		if !first {
+			e.restarts.Add(1)
+		}
 		if rev == 0 {
 			r, err := e.reread(ctx)
 			if err != nil {
