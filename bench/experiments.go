@@ -187,8 +187,10 @@ type Handover struct {
 	// TimeCap.
 	Median, P99 time.Duration
 	// RevisionsPerHandover and RaftEntriesPerHandover count the release,
-	// the winner's attempts, and the old holder's return to waiting.
+	// the winner's attempts, and the old holder's return to waiting, on
+	// average over the handovers; MedianRaftEntries is their median.
 	RevisionsPerHandover, RaftEntriesPerHandover float64
+	MedianRaftEntries                            float64
 	// Watchers and WatchStreams are the server's for K waiting standbys.
 	Watchers, WatchStreams int64
 	Capped                 bool
@@ -269,7 +271,11 @@ func MeasureHandover(ctx context.Context, st Strategy, k, n int) (Handover, erro
 	if err != nil {
 		return h, err
 	}
-	var lat []time.Duration
+	var (
+		lat     []time.Duration
+		entries []int64 // raft entries of each handover
+	)
+	lastRaft := raft0
 	holder := 0
 	began := time.Now()
 	for range n {
@@ -301,10 +307,12 @@ func MeasureHandover(ctx context.Context, st Strategy, k, n int) (Handover, erro
 				return h, err
 			}
 		}
-		rev, _, err := e.stats(ctx)
+		rev, raft, err := e.stats(ctx)
 		if err != nil {
 			return h, err
 		}
+		entries = append(entries, raft-lastRaft)
+		lastRaft = raft
 		if rev-rev0 > RevisionCap || (!st.polls() && time.Since(began) > TimeCap) {
 			h.Capped = true
 			break
@@ -323,6 +331,10 @@ func MeasureHandover(ctx context.Context, st Strategy, k, n int) (Handover, erro
 	h.RaftEntriesPerHandover = float64(raft1-raft0) / float64(h.N)
 	slices.Sort(lat)
 	h.Median, h.P99 = lat[len(lat)/2], lat[(len(lat)*99)/100]
+	if len(entries) > 0 {
+		slices.Sort(entries)
+		h.MedianRaftEntries = float64(entries[len(entries)/2])
+	}
 	return h, nil
 }
 

@@ -40,7 +40,8 @@ type Election struct {
 	pfx string // with the trailing "/"
 	err error  // invalid input, returned by every call
 
-	hooks *acquire.Hooks // set by Run to count its requests
+	hooks *acquire.Hooks   // set by Run to count its requests
+	hist  *acquire.History // contention seen by past campaigns; Run shares one across terms
 
 	mu  sync.Mutex
 	key string // leader key while this Election leads; "" otherwise
@@ -51,7 +52,7 @@ type Election struct {
 // NewElection returns an Election on prefix pfx for session s. It makes no
 // request. A nil s or an empty pfx is reported by every method.
 func NewElection(s *concurrency.Session, pfx string) *Election {
-	e := &Election{s: s, pfx: pfx + "/"}
+	e := &Election{s: s, pfx: pfx + "/", hist: new(acquire.History)}
 	switch {
 	case s == nil:
 		e.err = ErrNilSession
@@ -98,7 +99,7 @@ func (e *Election) usable() error {
 }
 
 func (e *Election) contender() acquire.Contender {
-	return acquire.Contender{Session: e.s, Prefix: e.pfx, Pkg: "elect", Hooks: e.hooks}
+	return acquire.Contender{Session: e.s, Prefix: e.pfx, Pkg: "elect", Hooks: e.hooks, History: e.hist}
 }
 
 // Campaign waits until this candidate is elected, then returns nil with the

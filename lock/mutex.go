@@ -48,6 +48,7 @@ type Mutex struct {
 	log   *slog.Logger
 	met   *metrics
 	hooks *acquire.Hooks
+	hist  acquire.History // contention seen by past calls; used by one call at a time
 
 	mu   sync.Mutex
 	key  string // key of the current hold; "" when none
@@ -173,7 +174,7 @@ func (m *Mutex) failed() {
 const noKey = "\x00"
 
 func (m *Mutex) contender() acquire.Contender {
-	return acquire.Contender{Session: m.s, Prefix: m.pfx, Pkg: "lock", Hooks: m.hooks}
+	return acquire.Contender{Session: m.s, Prefix: m.pfx, Pkg: "lock", Hooks: m.hooks, History: &m.hist}
 }
 
 // Unlock releases the lock. It deletes the key only if it is still this

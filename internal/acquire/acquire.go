@@ -76,9 +76,10 @@ var errUnsure = errors.New("outcome of claim unknown")
 // Contender is one session's claim on one prefix.
 type Contender struct {
 	Session *concurrency.Session
-	Prefix  string // ends with "/"
-	Pkg     string // prefix of error messages: "lock", "elect"
-	Hooks   *Hooks // optional
+	Prefix  string   // ends with "/"
+	Pkg     string   // prefix of error messages: "lock", "elect"
+	Hooks   *Hooks   // optional
+	History *History // optional: what past calls learnt of contention
 }
 
 // Hooks count what a contender sends and sees; each may be nil.
@@ -152,6 +153,7 @@ func Acquire(ctx context.Context, c Contender, val string) (Result, error) {
 		woken  bool             // the owner we waited on is gone
 		unsure bool             // a claim of ours may have landed unseen
 		bo     *backoff.ExponentialBackOff
+		rounds int // owners this call has waited on
 	)
 	leave := func(next *watchwait.Owner) {
 		if w != nil {
@@ -185,6 +187,7 @@ func Acquire(ctx context.Context, c Contender, val string) (Result, error) {
 		// waiter can go back to waiting without a request.
 		leave(&r.Owner)
 		if r.Won {
+			c.History.won(rounds)
 			return c.settle(ctx, octx, r)
 		}
 		bo = nil
@@ -200,10 +203,22 @@ func Acquire(ctx context.Context, c Contender, val string) (Result, error) {
 		if err := w.Err(); err != nil {
 			return fail(fmt.Errorf("%s: waiting for %s: %w", c.Pkg, r.Owner.Key, err))
 		}
+		rounds++
+		// A contender that has seen others win before it waits for its
+		// slot (see History) before it attempts, and then reads first: by
+		// then a contender ahead of it has most likely taken the prefix,
+		// which the read shows without costing a raft entry.
+		delayed := false
+		if d := c.History.delay(rounds); d > 0 {
+			if err := retry.Sleep(wctx, d); err != nil {
+				return fail(err)
+			}
+			delayed = true
+		}
 		if known, err = w.Turn(wctx); err != nil {
 			return fail(err)
 		}
-		woken = known == nil
+		woken = known == nil && !delayed
 	}
 }
 

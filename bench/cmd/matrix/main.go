@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -27,9 +28,18 @@ import (
 func main() {
 	short := flag.Bool("short", false, "K = 1, 4, 6 s windows, fewer poll handovers, 1000 waiters for scale")
 	out := flag.String("out", "bench", "directory for results.md and revisions.svg")
+	handover := flag.String("handover", "", "run only the graceful handover experiment for these comma-separated strategies, print its table and write nothing")
+	kList := flag.String("k", "1,4,16,64", "with -handover: the values of K")
+	n := flag.Int("n", 20, "with -handover: handovers per experiment")
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("matrix: ")
+	if *handover != "" {
+		if err := handoverOnly(context.Background(), os.Stdout, *handover, *kList, *n); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 
 	cfg := config{ks: []int{1, 4, 16, 64}, window: 15 * time.Second, handovers: 20, pollHandovers: 20, waiters: 10_000, locks: 100}
 	if *short {
@@ -295,4 +305,33 @@ func writeSVG(w io.Writer, ws []bench.Waiting, window time.Duration) {
 	}
 	b.WriteString("</svg>\n")
 	io.WriteString(w, b.String())
+}
+
+// handoverOnly runs the graceful handover experiment for the named
+// strategies and values of K, and prints its table.
+func handoverOnly(ctx context.Context, w io.Writer, strategies, kList string, n int) error {
+	var ks []int
+	for _, f := range strings.Split(kList, ",") {
+		var k int
+		if _, err := fmt.Sscan(f, &k); err != nil || k < 1 {
+			return fmt.Errorf("-k: bad value %q", f)
+		}
+		ks = append(ks, k)
+	}
+	fmt.Fprintln(w, "| strategy | K | median ms | p99 ms | revisions per handover | raft entries per handover (mean) | (median) |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|")
+	for _, name := range strings.Split(strategies, ",") {
+		st := bench.Strategy(name)
+		if !slices.Contains(bench.Strategies, st) {
+			return fmt.Errorf("-handover: no strategy %q", name)
+		}
+		for _, k := range ks {
+			h, err := bench.MeasureHandover(ctx, st, k, n)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %s | %s |\n", st, k, ms(h.Median), ms(h.P99), num(h.RevisionsPerHandover), num(h.RaftEntriesPerHandover), num(h.MedianRaftEntries))
+		}
+	}
+	return nil
 }
