@@ -117,6 +117,7 @@ type Result struct {
 	Header *pb.ResponseHeader // of the response that named the owner
 	Won    bool               // the owner is the contender's key
 	Wrote  bool               // this attempt created the key
+	Queue  bool               // keys other than the owner's wait under the prefix
 }
 
 // Try makes one attempt to take the prefix. It returns a Result with Won
@@ -153,7 +154,8 @@ func Acquire(ctx context.Context, c Contender, val string) (Result, error) {
 		woken  bool             // the owner we waited on is gone
 		unsure bool             // a claim of ours may have landed unseen
 		bo     *backoff.ExponentialBackOff
-		rounds int // owners this call has waited on
+		rounds int   // owners this call has waited on
+		gone   int64 // revision by which the owner waited on last was gone
 	)
 	leave := func(next *watchwait.Owner) {
 		if w != nil {
@@ -166,20 +168,26 @@ func Acquire(ctx context.Context, c Contender, val string) (Result, error) {
 		leave(nil)
 		return Result{}, c.abandon(ctx, wctx, octx, err, unsure)
 	}
+	// again notes what a failed request may have left, and reports whether
+	// to try again: after a backoff, if the error is transient.
+	again := func(err error) bool {
+		unsure = unsure || errors.Is(err, errUnsure)
+		if wctx.Err() != nil || !retry.Transient(err) {
+			return false
+		}
+		if bo == nil {
+			bo = retry.NewBackOff()
+		}
+		return retry.Sleep(wctx, bo.NextBackOff()) == nil
+	}
 	for {
 		r, err := c.attempt(wctx, octx, known, woken, val)
 		known, woken = nil, false
 		if err != nil {
 			// Hand the turn on without an observation.
 			leave(nil)
-			unsure = unsure || errors.Is(err, errUnsure)
-			if wctx.Err() == nil && retry.Transient(err) {
-				if bo == nil {
-					bo = retry.NewBackOff()
-				}
-				if retry.Sleep(wctx, bo.NextBackOff()) == nil {
-					continue
-				}
+			if again(err) {
+				continue
 			}
 			return fail(err)
 		}
@@ -191,6 +199,27 @@ func Acquire(ctx context.Context, c Contender, val string) (Result, error) {
 			return c.settle(ctx, octx, r)
 		}
 		bo = nil
+		// A new owner whose key was created before the old owner was gone
+		// was queued behind it, as etcd's waiters queue: others queue, and
+		// waiting for an empty prefix could wait without bound.
+		if gone > 0 && r.Owner.CreateRev < gone {
+			r.Queue = true
+		}
+		if r.Queue {
+			// Others wait in etcd's queue (etcd's Mutex or Election,
+			// etcdctl): the prefix need not be empty again while they
+			// come, so waiting for it could wait without bound. Take a
+			// place in the queue instead, as they do: from here on, the
+			// contender gets the prefix in their order.
+			r, err := c.enqueue(wctx, octx, val)
+			if err != nil {
+				if again(err) {
+					continue
+				}
+				return fail(err)
+			}
+			return c.settle(ctx, octx, r)
+		}
 
 		w = watchwait.Join(c.Session.Client(), r.Owner)
 		select {
@@ -203,6 +232,7 @@ func Acquire(ctx context.Context, c Contender, val string) (Result, error) {
 		if err := w.Err(); err != nil {
 			return fail(fmt.Errorf("%s: waiting for %s: %w", c.Pkg, r.Owner.Key, err))
 		}
+		gone = w.GoneRev()
 		rounds++
 		// A contender that has seen others win before it waits for its
 		// slot (see History) before it attempts, and then reads first: by
@@ -245,7 +275,7 @@ func (c Contender) attempt(ctx, octx context.Context, known *watchwait.Owner, wo
 			return Result{}, fmt.Errorf("%s: read %s: %w", c.Pkg, c.Prefix, err)
 		}
 		if len(resp.Kvs) > 0 {
-			return c.saw(resp.Kvs[0], resp.Header), nil
+			return c.saw(resp.Kvs[0], resp.Count, resp.Header), nil
 		}
 	}
 
@@ -279,17 +309,20 @@ func (c Contender) attempt(ctx, octx context.Context, known *watchwait.Owner, wo
 			Wrote:  true,
 		}, nil
 	}
-	kvs := tresp.Responses[0].GetResponseRange().Kvs
-	if len(kvs) == 0 {
+	rr := tresp.Responses[0].GetResponseRange()
+	if len(rr.Kvs) == 0 {
 		// The compare failed, so some key existed in the same revision.
 		return Result{}, fmt.Errorf("%s: claim %s: failed with no owner at revision %d", c.Pkg, me, tresp.Header.Revision)
 	}
-	return c.saw(kvs[0], tresp.Header), nil
+	return c.saw(rr.Kvs[0], rr.Count, tresp.Header), nil
 }
 
-func (c Contender) saw(kv *mvccpb.KeyValue, hdr *pb.ResponseHeader) Result {
+// saw is the result of a read that found kv first of count keys under the
+// prefix.
+func (c Contender) saw(kv *mvccpb.KeyValue, count int64, hdr *pb.ResponseHeader) Result {
 	o := watchwait.Owner{Prefix: c.Prefix, Key: string(kv.Key), CreateRev: kv.CreateRevision, Rev: hdr.Revision}
-	return Result{Owner: o, Value: kv.Value, Header: hdr, Won: o.Key == c.Key()}
+	won := o.Key == c.Key()
+	return Result{Owner: o, Value: kv.Value, Header: hdr, Won: won, Queue: !won && count > 1}
 }
 
 // settle returns a won result, unless this call's claim won after ctx had
@@ -367,4 +400,77 @@ func CtxErr(ctx context.Context) error {
 		return context.DeadlineExceeded
 	}
 	return nil
+}
+
+// enqueue takes the prefix the way etcd's Mutex and Election do: put the
+// contender's key (one write), then wait until every key created before it
+// is deleted, watching the last of them each time. It is used only when
+// others already queue that way, so that the contender gets the prefix in
+// their order, counted from its put. On error its key is removed again
+// (under octx, see [Overrun]) and nothing of the call is left in etcd.
+func (c Contender) enqueue(ctx, octx context.Context, val string) (r Result, err error) {
+	cli := c.Session.Client()
+	me := c.Key()
+	if err := CtxErr(ctx); err != nil {
+		return Result{}, err
+	}
+	wctx, cancel := context.WithTimeout(octx, WriteTimeout)
+	defer cancel()
+	c.Hooks.write()
+	tresp, err := cli.Txn(wctx).
+		If(clientv3.Compare(clientv3.CreateRevision(me), "=", 0)).
+		Then(clientv3.OpPut(me, val, clientv3.WithLease(c.Session.Lease()))).
+		Else(clientv3.OpGet(me)).
+		Commit()
+	switch {
+	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		return Result{}, concurrency.ErrSessionExpired
+	case err != nil:
+		return Result{}, fmt.Errorf("%s: queue %s: %w: %w", c.Pkg, me, errUnsure, err)
+	}
+	rev, wrote := tresp.Header.Revision, tresp.Succeeded
+	if !wrote {
+		kvs := tresp.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			return Result{}, fmt.Errorf("%s: queue %s: key vanished at revision %d", c.Pkg, me, tresp.Header.Revision)
+		}
+		rev = kvs[0].CreateRevision
+	}
+	defer func() {
+		if err != nil && wrote {
+			if rerr := c.remove(octx, rev); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}
+	}()
+	for {
+		resp, err := cli.Get(ctx, c.Prefix, append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(rev-1))...)
+		if err != nil {
+			return Result{}, fmt.Errorf("%s: queue %s: read: %w", c.Pkg, me, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return Result{
+				Owner:  watchwait.Owner{Prefix: c.Prefix, Key: me, CreateRev: rev, Rev: resp.Header.Revision},
+				Value:  []byte(val),
+				Header: resp.Header,
+				Won:    true,
+				Wrote:  wrote,
+			}, nil
+		}
+		ahead := resp.Kvs[0]
+		w := watchwait.Join(cli, watchwait.Owner{Prefix: c.Prefix, Key: string(ahead.Key), CreateRev: ahead.CreateRevision, Rev: resp.Header.Revision})
+		select {
+		case <-w.Deleted():
+		case <-ctx.Done():
+		}
+		c.Hooks.watchRestarts(w.Restarts())
+		werr := w.Err()
+		w.Leave(nil)
+		switch {
+		case ctx.Err() != nil:
+			return Result{}, ctx.Err()
+		case werr != nil:
+			return Result{}, fmt.Errorf("%s: queue %s: waiting for %s: %w", c.Pkg, me, ahead.Key, werr)
+		}
+	}
 }

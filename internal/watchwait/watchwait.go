@@ -163,6 +163,11 @@ func Join(c *clientv3.Client, o Owner) *Waiter {
 	return w
 }
 
+// GoneRev returns, once [Waiter.Deleted] is closed without an error, a
+// revision by which the owner's incarnation was gone: keys created before
+// it existed while the owner did.
+func (w *Waiter) GoneRev() int64 { return w.wakeRev }
+
 // Restarts returns how many times the watch this waiter shares had to be
 // started again (after a compaction, a lost connection, no leader) since the
 // waiter joined.
