@@ -11,7 +11,8 @@
 //   - Waiting in [Mutex.Lock] writes nothing: no key, no revision, no raft
 //     entry, however long and however many waiters. A waiter watches only the
 //     current owner's key and makes a request only when that key is deleted
-//     (or its own session ends).
+//     (or its own session ends). The exception is a queue of etcd's own
+//     waiters (see Contention): then it puts its key once, as they do.
 //   - A [Mutex.TryLock] that finds the lock held writes nothing. One that wins
 //     writes one revision; one that finds this session already owning writes
 //     nothing.
@@ -19,14 +20,37 @@
 //     the last of them, and all of a client's watches share one gRPC stream.
 //   - When a deletion wakes several waiters of one client, they attempt one at
 //     a time, and those after the first go back to waiting on the owner the
-//     first one saw, without a request. The first sends its conditional claim
-//     at once, without reading first: that is the whole handover.
+//     first one saw, without a request. Without contention the first sends
+//     its conditional claim at once, without reading first: that is the
+//     whole handover.
 //
-// Unlike etcd's queue, waiters hold no place in line: when the owner leaves,
-// every waiting client makes one conditional attempt and one wins. Under
-// heavy contention on one lock that costs one raft entry per waiting client
-// per handover, where etcd's queue costs one; in exchange nothing is written
-// while waiting.
+// # Contention
+//
+// Waiters hold no key, so they hold no place in a line. Left alone, every
+// waiting client would send a claim when the owner leaves, one raft entry
+// each, where etcd's queue costs one in all. Instead the waiters order
+// themselves without writing: each knows how many owners it has waited on
+// in its current call, and how many its latest winning call needed. The one
+// that has waited as many as it needed last time (most likely the one that
+// has waited longest) claims at once; each other waits a 2 ms slot per
+// owner it is behind, then reads (free) and sees the new owner rather than
+// sending a claim that fails. A waiter that has never had to let another
+// win first, such as a lone standby, never delays. Until the waiters have
+// each won once, one that has lost draws a random delay instead, from a
+// window that doubles with each loss. Measured with 16 and 64 standbys on
+// clients of their own: a handover costs a median of 2 to 3 raft entries
+// (17 and 65 without the ordering), at about twice the latency of etcd's
+// queue, whose next waiter is the only one notified. See the README for the
+// figures.
+//
+// etcd's own waiters (concurrency.Mutex, `etcdctl lock`) keep a key in a
+// queue under the prefix, which is then never empty while they keep coming.
+// A waiter that sees such a queue (keys under the prefix besides the
+// owner's, or a new owner whose key was created before the old one was
+// gone) takes its place in it as they do: it puts its key, the one write it
+// makes while waiting and only then, and waits for the keys created before
+// it. It then gets the lock in their first-come-first-served order, counted
+// from when it saw the queue.
 //
 // # What it guarantees, and what it does not
 //
