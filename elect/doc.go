@@ -11,6 +11,13 @@
 // the proclaimed value, leader = lowest create revision), so [Election],
 // concurrency.Election and `etcdctl elect` on one prefix interoperate.
 //
+// Candidates order themselves after a leader's deletion by what they have
+// learnt of the contention, so that a handover costs a few raft entries,
+// not one per waiting candidate; beside etcd's own candidates, which queue
+// with a key each, a candidate takes its place in their queue (one write)
+// and is elected in their order. Package lock's documentation ("Contention")
+// describes both; [Run] keeps what it learnt across terms.
+//
 // # What it guarantees, and what it does not
 //
 // Leadership is the existence of the leader's key, attached to its session's
@@ -37,12 +44,36 @@
 // goes, and [Election.Observe] reports that after the fact. Use [Run] for a
 // leader that must not overlap with its successor.
 //
+// # Health and readiness
+//
+// A [Health], given to [Run] with [WithHealth], tells a leader from a
+// standby and a live process from one cut off from etcd, for load balancers
+// and orchestrators: [Health.ReadyHandler] answers 200 only while this
+// process leads ([ReadyLeader]) or while it is a live participant
+// ([ReadyParticipant]), and [Health.HealthHandler] answers 503 once etcd has
+// left this process's lease renewals, or its requests for a watch's
+// progress, unanswered for longer than a bound: a standby that could not
+// take over is unhealthy too. Checking health writes nothing to etcd. A ready leader is
+// one whose term lasts by its own clock, as above; a fenced write is still
+// what proves it to etcd.
+//
 // # Differences from concurrency.Election
 //
 // Campaign, Proclaim and Resign behave as etcd's do, with these deliberate
 // differences: Campaign returns concurrency.ErrSessionExpired when its
 // session ends; Key and Rev return "" and 0 while the Election does not lead
 // (etcd's keep the last values, and return the candidate's key while it
-// waits, though a waiting candidate here has no key); and a Resign that fails
-// keeps the Election leading, so it can be retried (etcd's forgets).
+// waits, though a waiting candidate here has no key); a Resign that fails
+// keeps the Election leading, so it can be retried (etcd's forgets); an
+// orphaned session (concurrency.Session.Orphan) counts as ended, so
+// Campaign returns concurrency.ErrSessionExpired where etcd's goes on; and
+// [ResumeElection] adds the trailing "/" to the prefix, as [NewElection]
+// does (etcd's does not). Errors are etcd's own values where the API mirrors
+// etcd's, and a method whose context has ended returns the context's error
+// itself, as etcd's do. A claim in flight when Campaign's context ends is
+// completed (and undone), within one second of the context's end.
+//
+// [Election.Observe], like etcd's, reports the latest leader after each
+// change, not every term: a term that begins and ends between two of its
+// reads is not reported.
 package elect

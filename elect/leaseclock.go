@@ -34,6 +34,8 @@ type leaseClock struct {
 	cli    *clientv3.Client
 	id     clientv3.LeaseID
 	margin time.Duration
+	// answered, if not nil, is called as each answer to a renewal arrives.
+	answered func()
 }
 
 // renewal is what one answered (or failed) renewal proves.
@@ -94,6 +96,9 @@ func (lc leaseClock) renew(stream pb.Lease_LeaseKeepAliveClient) renewal {
 		return renewal{err: fmt.Errorf("elect: renew lease: %w", err)}
 	case resp.TTL <= 0:
 		return renewal{err: errLeaseGone}
+	}
+	if lc.answered != nil {
+		lc.answered()
 	}
 	return renewal{deadline: sent.Add(time.Duration(resp.TTL)*time.Second - lc.margin)}
 }

@@ -33,6 +33,7 @@ type options struct {
 	margin *time.Duration // nil: the default
 	log    *slog.Logger
 	reg    prometheus.Registerer
+	health *Health
 }
 
 type optionFunc func(*options) error
@@ -92,6 +93,20 @@ func WithRegisterer(r prometheus.Registerer) Option {
 	})
 }
 
+// WithHealth makes [Run] report its state to h, for health and readiness
+// checks (see [Health]). By default it reports to none. Run returns an error
+// wrapping [ErrBadOption] if h's bound does not suit the TTL (see
+// [NewHealth]) or if h is reporting on another Run that has not returned.
+func WithHealth(h *Health) Option {
+	return optionFunc(func(o *options) error {
+		if h == nil {
+			return fmt.Errorf("%w: nil health", ErrBadOption)
+		}
+		o.health = h
+		return nil
+	})
+}
+
 func newOptions(opts []Option) (*options, error) {
 	o := &options{ttl: DefaultTTL, log: slog.New(discardHandler{})}
 	for _, opt := range opts {
@@ -108,6 +123,11 @@ func newOptions(opts []Option) (*options, error) {
 	}
 	if 2**o.margin >= o.ttl {
 		return nil, fmt.Errorf("%w: safety margin %v is not less than half the TTL %v", ErrBadOption, *o.margin, o.ttl)
+	}
+	if o.health != nil {
+		if err := o.health.check(o.ttl); err != nil {
+			return nil, err
+		}
 	}
 	return o, nil
 }

@@ -38,9 +38,12 @@ type Callbacks struct {
 	// session's lease is revoked or expires.
 	OnStoppedLeading func(term *Term, reason error)
 
-	// OnNewLeader is called with the identity of each new leader, this
-	// process included, and with "" when there is no leader. Consecutive
-	// calls have different identities. It reports who holds the leader key
+	// OnNewLeader is called with the identity of the new leader after a
+	// change of leader, this process included, and with "" when there is no
+	// leader. Consecutive calls have different identities. Like
+	// [Election.Observe] it reports the latest leader after each change, not
+	// every term: a term that starts and ends between two reads is not
+	// reported. It reports who holds the leader key
 	// in etcd: this process's identity can be reported a moment before its
 	// term starts, or for a term that never starts because its first lease
 	// renewal failed.
@@ -71,7 +74,8 @@ type Callbacks struct {
 // With [WithRegisterer], Run keeps these metrics, labelled with the prefix:
 // quietlock_elect_is_leader, quietlock_elect_leadership_changes_total,
 // quietlock_elect_acquisition_attempts_total, quietlock_elect_writes_total
-// and quietlock_elect_watch_restarts_total.
+// and quietlock_elect_watch_restarts_total. With [WithHealth], it reports
+// whether it leads and whether it is in touch with etcd to a [Health].
 func Run(ctx context.Context, cli *clientv3.Client, pfx, identity string, cb Callbacks, opts ...Option) error {
 	switch {
 	case cli == nil:
@@ -89,7 +93,11 @@ func Run(ctx context.Context, cli *clientv3.Client, pfx, identity string, cb Cal
 	if err != nil {
 		return err
 	}
-	r := &runner{cli: cli, pfx: pfx, identity: identity, cb: cb, o: o, m: m}
+	r := &runner{cli: cli, pfx: pfx, identity: identity, cb: cb, o: o, m: m, h: o.health}
+	if err := r.h.attach(o.ttl); err != nil {
+		return err
+	}
+	defer r.h.detach()
 
 	var wg sync.WaitGroup
 	octx, stopObserving := context.WithCancel(ctx)
@@ -98,6 +106,13 @@ func Run(ctx context.Context, cli *clientv3.Client, pfx, identity string, cb Cal
 		defer wg.Done()
 		r.observe(octx)
 	}()
+	if r.h != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.h.probe(octx, cli, pfx+"/")
+		}()
+	}
 	defer func() {
 		stopObserving()
 		wg.Wait()
@@ -131,6 +146,8 @@ type runner struct {
 	cb       Callbacks
 	o        *options
 	m        *metrics
+	h        *Health         // nil without WithHealth; its methods then do nothing
+	hist     acquire.History // contention seen by past campaigns, across terms
 }
 
 // observe reports leader changes to OnNewLeader until ctx ends.
@@ -145,6 +162,7 @@ func (r *runner) observe(ctx context.Context) {
 			return
 		}
 		last = &id
+		r.h.setLeader(id)
 		r.o.log.Info("elect: new leader", "prefix", r.pfx, "leader", id)
 		if r.cb.OnNewLeader != nil {
 			r.cb.OnNewLeader(id)
@@ -160,6 +178,7 @@ func (r *runner) session(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("elect: grant lease: %w", err)
 	}
+	r.h.renewed()
 	// The session keeps the lease alive with etcd's keepalive; closing it
 	// revokes the lease, bounded by the TTL.
 	s, err := concurrency.NewSession(r.cli, concurrency.WithLease(lease.ID), concurrency.WithTTL(int(ttl)))
@@ -173,9 +192,12 @@ func (r *runner) session(ctx context.Context) error {
 		r.m.writes.Inc()
 		_ = s.Close()
 	}()
+	// Deferred after s.Close, so it runs before: see followLease.
+	defer r.h.followLease(ctx, r.cli, lease.ID)()
 
 	e := NewElection(s, r.pfx)
-	e.hooks = &acquire.Hooks{Attempt: r.m.attempts.Inc, Write: r.m.writes.Inc}
+	e.hist = &r.hist
+	e.hooks = &acquire.Hooks{Attempt: r.m.attempts.Inc, Write: r.m.writes.Inc, WatchRestart: func(n int64) { r.m.watchRestarts.Add(float64(n)) }}
 	r.o.log.Debug("elect: campaigning", "prefix", r.pfx, "identity", r.identity, "lease", fmt.Sprintf("%x", lease.ID))
 	if err := e.Campaign(ctx, r.identity); err != nil {
 		if ctx.Err() != nil {
@@ -193,7 +215,7 @@ func (r *runner) lead(ctx context.Context, s *concurrency.Session, e *Election) 
 	margin := *r.o.margin
 
 	// Renew the lease on a clock of our own for the whole term.
-	lc := leaseClock{cli: r.cli, id: s.Lease(), margin: margin}
+	lc := leaseClock{cli: r.cli, id: s.Lease(), margin: margin, answered: r.h.renewed}
 	rctx, stopRenewing := context.WithCancel(ctx)
 	renewals := make(chan renewal, 1)
 	var renewing sync.WaitGroup
@@ -226,6 +248,7 @@ func (r *runner) lead(ctx context.Context, s *concurrency.Session, e *Election) 
 	defer end(nil)
 	r.m.isLeader.Set(1)
 	r.m.changes.Inc()
+	r.h.setTerm(t.Token)
 	r.o.log.Info("elect: leading", "prefix", r.pfx, "identity", r.identity, "token", t.Token)
 	started := make(chan struct{})
 	go func() {
@@ -238,6 +261,7 @@ func (r *runner) lead(ctx context.Context, s *concurrency.Session, e *Election) 
 	reason := r.hold(ctx, s, w, renewals, deadline)
 	// End the term first: nothing may delay telling the leader.
 	end(fmt.Errorf("%w: %w", ErrLeadershipLost, reason))
+	r.h.setTerm(0)
 	stopRenewals()
 	<-started
 	r.m.isLeader.Set(0)

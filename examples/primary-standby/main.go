@@ -12,6 +12,23 @@
 // Every 5 s a status line shows the store revision and the raft applied
 // index, and how fast they grow: with --work-every 0 nothing at all is
 // written while the roles are stable, however many standbys wait.
+//
+// With --http host:port it serves, on that address (port 0: any free port;
+// an "http" line gives the address):
+//
+//   - /metrics: the runners' metrics (see elect.Run), each labelled with
+//     node="<name>", in Prometheus's text format;
+//   - /readyz: 200 while the node is primary, 503 otherwise (elect.ReadyLeader:
+//     route traffic to the primary only);
+//   - /healthz: 200 while the node is in touch with etcd, primary or standby,
+//     503 once etcd has not answered it for a TTL (see elect.Health).
+//
+// /readyz and /healthz are the first node's: with --endpoints, this
+// process's only node; in embedded mode, node-1. In embedded mode every node
+// also has its own, /node-N/readyz and /node-N/healthz. Their body is one
+// line of JSON with the node's view: leader, token, and how long ago etcd
+// last answered. Between the Runs of a node (after each resignation) its
+// endpoints answer 503 "not running" for a moment.
 package main
 
 import (
@@ -22,6 +39,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
@@ -30,6 +49,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -58,6 +79,7 @@ type config struct {
 	failoverEvery time.Duration
 	workEvery     time.Duration
 	json          bool
+	http          string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -74,6 +96,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.failoverEvery, "failover-every", 10*time.Second, "embedded mode: the primary resigns this often, to show failover; 0 never")
 	fs.DurationVar(&c.workEvery, "work-every", time.Second, "how often the primary does its fenced work write; 0 disables it")
 	fs.BoolVar(&c.json, "json", false, "one JSON object per line instead of human-readable text")
+	fs.StringVar(&c.http, "http", "", "serve /metrics, /readyz and /healthz on this address, e.g. :8080; empty: no HTTP")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
@@ -131,6 +154,16 @@ func demo(cfg *config, stdout, stderr io.Writer) error {
 		defer cancel()
 	}
 
+	// Listen first, so that a bad address fails before anything starts.
+	var ln net.Listener
+	if cfg.http != "" {
+		var err error
+		if ln, err = net.Listen("tcp", cfg.http); err != nil {
+			return fmt.Errorf("--http: %w", err)
+		}
+		defer ln.Close()
+	}
+
 	names := []string{cfg.name}
 	if len(cfg.endpoints) == 0 {
 		endpoint, stopEtcd, err := quietlocktest.StartInTempDir()
@@ -158,7 +191,7 @@ func demo(cfg *config, stdout, stderr io.Writer) error {
 	// A node that cannot run ends the demo.
 	ctx, fail := context.WithCancelCause(ctx)
 	defer fail(nil)
-	d := &cluster{cfg: cfg, out: out, log: log, fail: fail}
+	d := &cluster{cfg: cfg, out: out, log: log, fail: fail, reg: prometheus.NewRegistry()}
 	var wg sync.WaitGroup
 	for _, name := range names {
 		cli, err := connect(ctx, cfg.endpoints)
@@ -167,12 +200,18 @@ func demo(cfg *config, stdout, stderr io.Writer) error {
 		}
 		defer cli.Close()
 		n := &node{name: name, cli: cli, d: d}
+		if ln != nil {
+			n.health = elect.NewHealth(0)
+		}
 		d.nodes = append(d.nodes, n)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			n.loop(ctx)
 		}()
+	}
+	if ln != nil {
+		defer d.serve(ln)()
 	}
 	d.watch(ctx, statusCli, names[0])
 	wg.Wait()
@@ -204,6 +243,7 @@ type cluster struct {
 	out   *printer
 	log   *slog.Logger
 	fail  context.CancelCauseFunc
+	reg   *prometheus.Registry // the runners' metrics, served with --http
 	nodes []*node
 
 	mu      sync.Mutex
@@ -254,6 +294,39 @@ func (d *cluster) watch(ctx context.Context, cli *clientv3.Client, who string) {
 	}
 }
 
+// serve serves /metrics and the nodes' /readyz and /healthz on ln (see the
+// package comment) until the returned stop is called; stop shuts the server
+// down and waits for it.
+func (d *cluster) serve(ln net.Listener) (stop func()) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{}))
+	mux.Handle("/readyz", d.nodes[0].health.ReadyHandler(elect.ReadyLeader))
+	mux.Handle("/healthz", d.nodes[0].health.HealthHandler())
+	who := d.nodes[0].name
+	if len(d.nodes) > 1 {
+		who = "all"
+		for _, n := range d.nodes {
+			mux.Handle("/"+n.name+"/readyz", n.health.ReadyHandler(elect.ReadyLeader))
+			mux.Handle("/"+n.name+"/healthz", n.health.HealthHandler())
+		}
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: reachTimeout}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			d.fail(fmt.Errorf("http: %w", err))
+		}
+	}()
+	d.out.print(event{Event: "http", Node: who, Addr: ln.Addr().String()})
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), reachTimeout)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		<-done
+	}
+}
+
 type snapshot struct {
 	at                time.Time
 	revision, counter int64
@@ -283,9 +356,10 @@ func counterKey(prefix string) string { return prefix + "-counter" }
 
 // node is one candidate, with its own client and session.
 type node struct {
-	name string
-	cli  *clientv3.Client
-	d    *cluster
+	name   string
+	cli    *clientv3.Client
+	d      *cluster
+	health *elect.Health // with --http; nil otherwise
 
 	mu      sync.Mutex
 	stopRun context.CancelFunc
@@ -309,11 +383,17 @@ func (n *node) loop(ctx context.Context) {
 		n.mu.Lock()
 		n.stopRun = stop
 		n.mu.Unlock()
+		opts := []elect.Option{elect.WithTTL(n.d.cfg.ttl), elect.WithLogger(n.d.log)}
+		if n.health != nil {
+			// Each node's metrics apart, though they share the prefix.
+			reg := prometheus.WrapRegistererWith(prometheus.Labels{"node": n.name}, n.d.reg)
+			opts = append(opts, elect.WithHealth(n.health), elect.WithRegisterer(reg))
+		}
 		err := elect.Run(rctx, n.cli, n.d.cfg.prefix, n.name, elect.Callbacks{
 			OnStartedLeading: n.lead,
 			OnStoppedLeading: n.stepDown,
 			OnNewLeader:      n.newLeader,
-		}, elect.WithTTL(n.d.cfg.ttl), elect.WithLogger(n.d.log))
+		}, opts...)
 		stop()
 		if err != nil {
 			n.d.fail(fmt.Errorf("%s: %w", n.name, err))
@@ -416,6 +496,7 @@ type event struct {
 	RevisionsPerMin   *int64  `json:"revisions_per_min,omitempty"`
 	RaftEntriesPerMin *int64  `json:"raft_entries_per_min,omitempty"`
 	Counter           *int64  `json:"counter,omitempty"`
+	Addr              string  `json:"addr,omitempty"`
 }
 
 // printer writes one line per event to stdout, as text or JSON.
@@ -452,6 +533,8 @@ func (ev event) text() string {
 		return fmt.Sprintf("%s stepped down (token %d): %s", ev.Node, ev.Token, ev.Reason)
 	case "resigned":
 		return fmt.Sprintf("%s resigned", ev.Node)
+	case "http":
+		return fmt.Sprintf("serving /metrics, /readyz and /healthz on http://%s", ev.Addr)
 	case "stale-write-refused":
 		return fmt.Sprintf("%s: etcd refused a write with the old token %d", ev.Node, ev.Token)
 	case "status":

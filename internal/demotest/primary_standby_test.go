@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,6 +65,7 @@ type line struct {
 	Revision  int64  `json:"revision"`
 	RaftIndex int64  `json:"raft_index"`
 	Counter   *int64 `json:"counter"`
+	Addr      string `json:"addr"`
 }
 
 // parse reads every stdout line as JSON with the required fields.
@@ -314,6 +316,7 @@ func TestErrors(t *testing.T) {
 		{[]string{"--prefix", ""}, 2, "--prefix"},
 		{[]string{"extra"}, 2, "unexpected argument"},
 		{[]string{"--endpoints", closedPort}, 1, "unreachable"},
+		{[]string{"--http", "127.0.0.1:99999"}, 1, "--http"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			cmd := exec.Command(bin, tc.args...)
@@ -333,4 +336,156 @@ func TestErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// With --http, the demo serves /readyz (200 on the primary only), /healthz
+// (200 on every node in touch with etcd) and /metrics (every node's,
+// labelled with its name), as its package comment documents: in embedded
+// mode, /readyz and /healthz are node-1's, and every node has its own under
+// /node-N/.
+func TestHTTP(t *testing.T) {
+	bin := build(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(bin, "--json", "--nodes", "2", "--ttl", "2s", "--failover-every", "0", "--work-every", "0", "--duration", "2m", "--http", addr)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines, done := make(chan line, 1000), make(chan error, 1)
+	go func() {
+		parse(t, stdout, func(l line) { lines <- l })
+		close(lines)
+		done <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-done
+	})
+
+	var primary, served string
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	for primary == "" || served == "" {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("demo exited early; stderr:\n%s", stderr.String())
+			}
+			switch l.Event {
+			case "primary":
+				primary = l.Node
+			case "http":
+				served = l.Addr
+				if l.Node != "all" {
+					t.Errorf("http line's node: got %q, want all", l.Node)
+				}
+			}
+		case <-ctx.Done():
+			t.Fatalf("no primary and http lines; stderr:\n%s", stderr.String())
+		}
+	}
+	if served != addr {
+		t.Errorf("serving on %s, want %s", served, addr)
+	}
+	standby := map[string]string{"node-1": "node-2", "node-2": "node-1"}[primary]
+
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	defer client.CloseIdleConnections()
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := client.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		return resp.StatusCode, string(b)
+	}
+	type state struct {
+		Status  string `json:"status"`
+		Leading bool   `json:"leading"`
+		Leader  string `json:"leader"`
+		Token   int64  `json:"token"`
+		Healthy bool   `json:"healthy"`
+	}
+	check := func(path string, wantCode int) state {
+		t.Helper()
+		code, body := get(path)
+		var s state
+		if err := json.Unmarshal([]byte(body), &s); err != nil || strings.Count(body, "\n") != 1 {
+			t.Errorf("GET %s: body %q is not one line of JSON: %v", path, body, err)
+		}
+		if code != wantCode {
+			t.Errorf("GET %s: got %d %s, want %d", path, code, body, wantCode)
+		}
+		return s
+	}
+
+	quietlocktest.WaitFor(t, "both nodes to know the primary", func() bool {
+		var a, b state
+		_, body := get("/node-1/healthz")
+		json.Unmarshal([]byte(body), &a)
+		_, body = get("/node-2/healthz")
+		json.Unmarshal([]byte(body), &b)
+		return a.Leader == primary && b.Leader == primary
+	})
+	for _, n := range []string{"node-1", "node-2"} {
+		if s := check("/"+n+"/healthz", http.StatusOK); !s.Healthy || s.Status != "ok" {
+			t.Errorf("%s's health: %+v", n, s)
+		}
+	}
+	if s := check("/"+primary+"/readyz", http.StatusOK); !s.Leading || s.Token <= 0 {
+		t.Errorf("primary's readiness: %+v, want leading with a token", s)
+	}
+	if s := check("/"+standby+"/readyz", http.StatusServiceUnavailable); s.Leading || s.Token != 0 || s.Status != "not ready" {
+		t.Errorf("standby's readiness: %+v, want not ready, token 0", s)
+	}
+	wantReady := http.StatusServiceUnavailable
+	if primary == "node-1" {
+		wantReady = http.StatusOK
+	}
+	check("/readyz", wantReady)
+	check("/healthz", http.StatusOK)
+
+	code, metrics := get("/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("GET /metrics: %d", code)
+	}
+	isLeader := map[string]string{}
+	for _, l := range strings.Split(metrics, "\n") {
+		if rest, ok := strings.CutPrefix(l, `quietlock_elect_is_leader{node="`); ok {
+			node, labelsAndValue, _ := strings.Cut(rest, `"`)
+			_, value, _ := strings.Cut(labelsAndValue, "} ")
+			isLeader[node] = value
+		}
+	}
+	if want := map[string]string{primary: "1", standby: "0"}; fmt.Sprint(isLeader) != fmt.Sprint(want) {
+		t.Errorf("quietlock_elect_is_leader by node: got %v, want %v\n%s", isLeader, want, metrics)
+	}
+	if code, _ := get("/nowhere"); code != http.StatusNotFound {
+		t.Errorf("GET /nowhere: got %d, want 404", code)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for range lines {
+	}
+	if err := <-done; err != nil {
+		t.Errorf("after SIGTERM: %v, want exit 0; stderr:\n%s", err, stderr.String())
+	}
+	done <- nil
 }
