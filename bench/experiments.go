@@ -704,3 +704,126 @@ func WaitingAt(ctx context.Context, k int, window time.Duration) ([]Waiting, err
 	})
 	return out, nil
 }
+
+// Mixed is the fairness of one waiter of a strategy beside etcd's queue.
+type Mixed struct {
+	Strategy Strategy
+	// Handovers is the number of handovers it took the waiter to get the
+	// lock, while etcd-mutex waiters joined one after another, each while
+	// the lock was held; 0 if it did not within the cap.
+	Handovers, Cap int
+	// Writes is the raft entries the waiter's own requests cost until it
+	// got the lock (or until the cap): the run's less the etcd waiters'
+	// (a lease grant, a join and a release per handover).
+	Writes int64
+	// KeysLeft is the keys under the prefix once everyone has released.
+	KeysLeft int64
+}
+
+// MeasureMixed makes one waiter of strategy st wait while an etcd-mutex
+// holds the lock; then, up to limit times, another etcd-mutex waiter
+// queues and the holder releases, until st's waiter gets the lock.
+func MeasureMixed(ctx context.Context, st Strategy, limit int) (Mixed, error) {
+	m := Mixed{Strategy: st, Cap: limit}
+	e, err := newEnv()
+	if err != nil {
+		return m, err
+	}
+	defer e.close()
+	holder, _, err := e.contender(EtcdMutex, sessionTTL)
+	if err != nil {
+		return m, err
+	}
+	if err := holder.acquire(ctx); err != nil {
+		return m, err
+	}
+	w, _, err := e.contender(st, sessionTTL)
+	if err != nil {
+		return m, err
+	}
+	g := &group{}
+	gctx, cancel := context.WithCancel(ctx)
+	g.cancel = cancel
+	defer g.stop()
+	got := make(chan error, 1)
+	g.wg.Add(1)
+	go func() { defer g.wg.Done(); got <- w.acquire(gctx) }()
+	if err := retry.Sleep(ctx, settle); err != nil {
+		return m, err
+	}
+	_, raft0, err := e.stats(ctx)
+	if err != nil {
+		return m, err
+	}
+	holders := int64(0) // raft entries of the etcd waiters: a session, a join and a release each
+	for h := 1; h <= limit && m.Handovers == 0; h++ {
+		next, _, err := e.contender(EtcdMutex, sessionTTL)
+		if err != nil {
+			return m, err
+		}
+		locked := make(chan error, 1)
+		g.wg.Add(1)
+		go func() { defer g.wg.Done(); locked <- next.acquire(gctx) }()
+		for {
+			n, err := e.keys(ctx)
+			if err != nil {
+				return m, err
+			}
+			if n >= 2 {
+				break
+			}
+			if err := retry.Sleep(ctx, time.Millisecond); err != nil {
+				return m, err
+			}
+		}
+		if err := holder.release(ctx); err != nil {
+			return m, err
+		}
+		holders += 3
+		select {
+		case err := <-got:
+			if err != nil {
+				return m, err
+			}
+			m.Handovers = h
+			_, raft1, err := e.stats(ctx)
+			if err != nil {
+				return m, err
+			}
+			m.Writes = raft1 - raft0 - holders
+			if err := w.release(ctx); err != nil {
+				return m, err
+			}
+			if err := <-locked; err != nil {
+				return m, err
+			}
+			holder = next
+		case err := <-locked:
+			if err != nil {
+				return m, err
+			}
+			holder = next
+		case <-ctx.Done():
+			return m, ctx.Err()
+		}
+	}
+	if m.Handovers == 0 {
+		_, raft1, err := e.stats(ctx)
+		if err != nil {
+			return m, err
+		}
+		m.Writes = raft1 - raft0 - holders
+	}
+	if err := holder.release(ctx); err != nil {
+		return m, err
+	}
+	if m.Handovers == 0 {
+		// The waiter still waits; stop it before counting keys.
+		cancel()
+		<-got
+	}
+	if m.KeysLeft, err = e.keys(ctx); err != nil {
+		return m, err
+	}
+	return m, nil
+}

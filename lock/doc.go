@@ -39,9 +39,9 @@
 // each won once, one that has lost draws a random delay instead, from a
 // window that doubles with each loss. Measured with 16 and 64 standbys on
 // clients of their own: a handover costs a median of 2 to 3 raft entries
-// (17 and 65 without the ordering), at about twice the latency of etcd's
-// queue, whose next waiter is the only one notified. See the README for the
-// figures.
+// (17 and 65 without the ordering), at 1.7 and 3 to 5 times the latency of
+// etcd's queue, whose next waiter is the only one notified. See the README
+// for the figures.
 //
 // etcd's own waiters (concurrency.Mutex, `etcdctl lock`) keep a key in a
 // queue under the prefix, which is then never empty while they keep coming.

@@ -29,7 +29,7 @@ const maxSlots = 32
 //     waited longest: it attempts at once, without reading first. One that
 //     has waited on one owner fewer attempts one Slot later, and so on.
 //   - Without a history, a contender that has already lost a handover in
-//     this call waits one Slot, then a random delay from a window that
+//     this call waits half a Slot, then a random delay from a window that
 //     doubles with each handover it loses, up to 2^maxDoublings slots.
 //
 // A contender that delayed reads before it claims: by then the one ahead
@@ -68,9 +68,9 @@ func (h *History) delay(rounds int) time.Duration {
 		// The jitter keeps two contenders with the same count apart.
 		return time.Duration(slots)*Slot + rand.N(Slot/4)
 	case rounds >= 2:
-		// Not before a contender whose history puts it first.
+		// Not at once: a contender whose history puts it first goes first.
 		window := Slot << min(rounds-1, maxDoublings)
-		return Slot + rand.N(window)
+		return Slot/2 + rand.N(window)
 	}
 	return 0
 }

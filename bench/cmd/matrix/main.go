@@ -90,6 +90,7 @@ type results struct {
 	trylock  []bench.TryLockCost
 	floor    time.Duration
 	scale    []bench.Scale
+	mixed    []bench.Mixed
 	took     time.Duration
 }
 
@@ -149,6 +150,14 @@ func run(ctx context.Context, cfg config) (*results, error) {
 		}
 		r.trylock = append(r.trylock, c)
 	}
+	for _, st := range []bench.Strategy{bench.EtcdMutex, bench.QuietlockLock, bench.QuietlockElect} {
+		log.Printf("mixed, %s", st)
+		m, err := bench.MeasureMixed(ctx, st, 20)
+		if err != nil {
+			return nil, err
+		}
+		r.mixed = append(r.mixed, m)
+	}
 	if r.floor, err = bench.MeasureFloor(ctx, 200); err != nil {
 		return nil, err
 	}
@@ -206,8 +215,8 @@ func writeMarkdown(w io.Writer, cfg config, r *results) {
 	p("")
 	p("Graceful: the holder releases and one standby takes the lock, over %d handovers (%d for the pollers); revisions and raft entries per handover include the old holder going back to waiting. Crash: the holder's lease is left to expire (TTL 2 s).", cfg.handovers, cfg.pollHandovers)
 	p("")
-	p("| strategy | K | median ms | p99 ms | revisions per handover | raft entries per handover | crash failover ms |")
-	p("|---|---:|---:|---:|---:|---:|---:|")
+	p("| strategy | K | median ms | p99 ms | revisions per handover | raft entries per handover (mean) | (median) | crash failover ms |")
+	p("|---|---:|---:|---:|---:|---:|---:|---:|")
 	for _, st := range bench.Strategies {
 		for _, k := range cfg.ks {
 			h, c := r.handover[st][k], r.crash[st][k]
@@ -216,19 +225,33 @@ func writeMarkdown(w io.Writer, cfg config, r *results) {
 				failover = fmt.Sprintf("none in %v", bench.TimeCap)
 			}
 			if h.N == 0 {
-				p("| %s | %d | none in %v | | | | %s |", st, k, bench.TimeCap, failover)
+				p("| %s | %d | none in %v | | | | | %s |", st, k, bench.TimeCap, failover)
 				continue
 			}
 			capped := ""
 			if h.Capped {
 				capped = fmt.Sprintf(" (stopped after %d)", h.N)
 			}
-			p("| %s | %d | %s | %s | %s%s | %s | %s |", st, k, ms(h.Median), ms(h.P99), num(math.Round(h.RevisionsPerHandover*10)/10), capped,
-				num(math.Round(h.RaftEntriesPerHandover*10)/10), failover)
+			p("| %s | %d | %s | %s | %s%s | %s | %s | %s |", st, k, ms(h.Median), ms(h.P99), num(math.Round(h.RevisionsPerHandover*10)/10), capped,
+				num(math.Round(h.RaftEntriesPerHandover*10)/10), num(h.MedianRaftEntries), failover)
 		}
 	}
 	p("")
 	p("Floor on this server: a put reaches a watcher in %s ms (median of 200).", ms(r.floor))
+	p("")
+	p("## Beside etcd's queue")
+	p("")
+	p("One waiter of each strategy waits while an etcd-mutex holds the lock; then, up to %d times, another etcd-mutex waiter queues (while the lock is held) and the holder releases, until the waiter gets the lock. Its writes are the raft entries its own requests cost until then (for quietlock: a failed claim at the first handover, then its place in the queue).", 20)
+	p("")
+	p("| waiter | handovers until it got the lock | its writes | keys left |")
+	p("|---|---:|---:|---:|")
+	for _, m := range r.mixed {
+		got := fmt.Sprint(m.Handovers)
+		if m.Handovers == 0 {
+			got = fmt.Sprintf("not in %d", m.Cap)
+		}
+		p("| %s | %s | %d | %d |", m.Strategy, got, m.Writes, m.KeysLeft)
+	}
 	p("")
 	p("## A TryLock that finds the lock held")
 	p("")
