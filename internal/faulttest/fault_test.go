@@ -17,6 +17,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/quietlock/quietlock/elect"
+	"github.com/quietlock/quietlock/internal/testutil"
 	"github.com/quietlock/quietlock/internal/watchwait"
 	"github.com/quietlock/quietlock/lock"
 	"github.com/quietlock/quietlock/quietlocktest"
@@ -46,7 +47,7 @@ type faultEnv struct {
 
 func newFaultEnv(t *testing.T, mutex bool, n int) *faultEnv {
 	t.Helper()
-	skipOnExternal(t)
+	testutil.SkipOnExternal(t)
 	dirs := make([]string, faultMembers)
 	for i := range dirs {
 		dirs[i] = t.TempDir()
@@ -538,7 +539,7 @@ func (e *faultEnv) finish() {
 		}
 		return err == nil && m[0] == 0 && m[1] <= float64(len(e.cands))
 	})
-	if n := libraryGoroutines(); n != 0 {
+	if n := testutil.LibraryGoroutines(); n != 0 {
 		e.t.Errorf("goroutines of the library left: %d", n)
 	}
 }
@@ -620,13 +621,4 @@ func TestChaos(t *testing.T) {
 		t.Logf("seed %d: %d faults %v; %d holds, %d fenced writes applied", seed, n, counts, len(e.rec.terms), len(e.rec.writes))
 		e.rec.mu.Unlock()
 	})
-}
-
-// skipOnExternal skips tests that build their own embedded servers when the
-// suite is run against an external etcd: they would only repeat themselves.
-func skipOnExternal(t *testing.T) {
-	t.Helper()
-	if os.Getenv(quietlocktest.EnvEtcd) != "" {
-		t.Skipf("runs on embedded servers only (%s is set)", quietlocktest.EnvEtcd)
-	}
 }

@@ -1,6 +1,6 @@
 //go:build go1.24
 
-package faulttest_test
+package soaktest_test
 
 import (
 	"context"
@@ -10,7 +10,6 @@ import (
 	"os"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/quietlock/quietlock/internal/testutil"
 	"github.com/quietlock/quietlock/internal/watchwait"
 	"github.com/quietlock/quietlock/lock"
 	"github.com/quietlock/quietlock/quietlocktest"
@@ -44,7 +44,7 @@ func soakCycles(t *testing.T) int {
 // closed session, watchers, streams and goroutines at baseline, and the heap
 // within a small constant of where it started.
 func TestSoak(t *testing.T) {
-	skipOnExternal(t)
+	testutil.SkipOnExternal(t)
 	c := quietlocktest.New(t)
 	const pfx = "/quietlock/test/soak"
 	const locks, workers = 50, 8
@@ -157,7 +157,7 @@ func TestSoak(t *testing.T) {
 		st := c.Stats()
 		return st.Watchers == base.Watchers && st.WatchStreams == base.WatchStreams
 	})
-	quietlocktest.WaitFor(t, "no goroutine of the library left", func() bool { return libraryGoroutines() == 0 })
+	quietlocktest.WaitFor(t, "no goroutine of the library left", func() bool { return testutil.LibraryGoroutines() == 0 })
 	// The server's index keeps every deleted key's history until compaction.
 	if _, err := c.Client.Compact(t.Context(), c.Stats().Revision, clientv3.WithCompactPhysical()); err != nil {
 		t.Fatal(err)
@@ -178,22 +178,4 @@ func TestSoak(t *testing.T) {
 	if growth > bound {
 		t.Errorf("heap grew by %d MiB over %d cycles, more than %d MiB", growth>>20, cycles, bound>>20)
 	}
-}
-
-// libraryGoroutines counts the goroutines running the library's own code
-// (watch entries, hold watchers, runners), not the test helpers'. The process's total also counts the
-// embedded server's goroutines, which come and go on their own.
-func libraryGoroutines() int {
-	buf := make([]byte, 1<<22)
-	buf = buf[:runtime.Stack(buf, true)]
-	n := 0
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		for _, pkg := range []string{"/lock.", "/elect.", "/internal/watchwait.", "/internal/acquire."} {
-			if strings.Contains(g, "github.com/quietlock/quietlock"+pkg) {
-				n++
-				break
-			}
-		}
-	}
-	return n
 }
