@@ -24,7 +24,9 @@ import (
 	"github.com/quietlock/quietlock/quietlocktest"
 )
 
-// soakCycles is 10^4 (10^3 with -short), or $QUIETLOCK_SOAK_CYCLES.
+// soakCycles is 10^4 (5*10^3 with -race, whose slowdown would otherwise
+// bring this one test near go test's default 10-minute limit; 10^3 with
+// -short), or $QUIETLOCK_SOAK_CYCLES.
 func soakCycles(t *testing.T) int {
 	if v := os.Getenv("QUIETLOCK_SOAK_CYCLES"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -33,8 +35,11 @@ func soakCycles(t *testing.T) int {
 		}
 		return n
 	}
-	if testing.Short() {
+	switch {
+	case testing.Short():
 		return 1000
+	case raceEnabled:
+		return 5000
 	}
 	return 10_000
 }
