@@ -374,8 +374,15 @@ func TestRunLeaderWritesNothingWithAuth(t *testing.T) {
 	}
 	before := status()
 	time.Sleep(3 * time.Second) // about 6 renewals at this TTL and margin
-	if after := status(); after != before {
-		t.Errorf("raft entries while leading with auth: got %d, want 0", after-before)
+	// Renewals that each authenticated, or each opened a stream that did,
+	// would cost one raft entry apiece: about 6. One entry is tolerated: a
+	// client of the test can re-authenticate once (an Authenticate is a
+	// raft entry) when the race detector and the parallel packages slow
+	// it down; seen once in ten runs of go test -race ./....
+	if got := status() - before; got > 1 {
+		t.Errorf("raft entries while leading with auth over 3 s: got %d, want at most 1", got)
+	} else {
+		t.Logf("raft entries while leading with auth over 3 s: %d", got)
 	}
 	if err := a.stop(t); err != nil {
 		t.Fatal(err)
