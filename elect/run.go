@@ -11,6 +11,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/quietlock/quietlock/internal/acquire"
+	"github.com/quietlock/quietlock/internal/leaseclock"
 	"github.com/quietlock/quietlock/internal/retry"
 	"github.com/quietlock/quietlock/internal/watchwait"
 )
@@ -215,14 +216,14 @@ func (r *runner) lead(ctx context.Context, s *concurrency.Session, e *Election) 
 	margin := *r.o.margin
 
 	// Renew the lease on a clock of our own for the whole term.
-	lc := leaseClock{cli: r.cli, id: s.Lease(), margin: margin, answered: r.h.renewed}
+	lc := leaseclock.Clock{Client: r.cli, Lease: s.Lease(), Margin: margin, Answered: r.h.renewed}
 	rctx, stopRenewing := context.WithCancel(ctx)
-	renewals := make(chan renewal, 1)
+	renewals := make(chan leaseclock.Renewal, 1)
 	var renewing sync.WaitGroup
 	renewing.Add(1)
 	go func() {
 		defer renewing.Done()
-		lc.run(rctx, (r.o.ttl-margin)/3, renewals)
+		lc.Run(rctx, (r.o.ttl-margin)/3, renewals)
 	}()
 	stopRenewals := func() {
 		stopRenewing()
@@ -282,7 +283,7 @@ func (r *runner) lead(ctx context.Context, s *concurrency.Session, e *Election) 
 
 // firstDeadline waits for the first answered renewal of a term and returns
 // the deadline it proves, or an error if none comes in time or ctx ends.
-func (r *runner) firstDeadline(ctx context.Context, renewals <-chan renewal) (time.Time, error) {
+func (r *runner) firstDeadline(ctx context.Context, renewals <-chan leaseclock.Renewal) (time.Time, error) {
 	give := time.NewTimer(r.o.ttl - *r.o.margin)
 	defer give.Stop()
 	for {
@@ -293,16 +294,16 @@ func (r *runner) firstDeadline(ctx context.Context, renewals <-chan renewal) (ti
 			return time.Time{}, ErrLeaseDeadline
 		case res := <-renewals:
 			switch {
-			case errors.Is(res.err, errLeaseGone):
+			case errors.Is(res.Err, leaseclock.ErrLeaseGone):
 				return time.Time{}, concurrency.ErrSessionExpired
-			case res.err != nil:
-				r.o.log.Debug("elect: lease renewal failed", "prefix", r.pfx, "err", res.err)
+			case res.Err != nil:
+				r.o.log.Debug("elect: lease renewal failed", "prefix", r.pfx, "err", res.Err)
 			case ctx.Err() != nil:
 				return time.Time{}, ctx.Err()
-			case !time.Now().Before(res.deadline):
+			case !time.Now().Before(res.Deadline):
 				return time.Time{}, ErrLeaseDeadline
 			default:
-				return res.deadline, nil
+				return res.Deadline, nil
 			}
 		}
 	}
@@ -320,7 +321,7 @@ func (r *runner) resign(ctx context.Context, e *Election) {
 
 // hold keeps the term until it ends and returns why. Each answered renewal
 // moves the deadline on.
-func (r *runner) hold(ctx context.Context, s *concurrency.Session, w *watchwait.Waiter, renewals <-chan renewal, deadline time.Time) error {
+func (r *runner) hold(ctx context.Context, s *concurrency.Session, w *watchwait.Waiter, renewals <-chan leaseclock.Renewal, deadline time.Time) error {
 	expire := time.NewTimer(time.Until(deadline))
 	defer expire.Stop()
 	for {
@@ -338,12 +339,12 @@ func (r *runner) hold(ctx context.Context, s *concurrency.Session, w *watchwait.
 			return ErrLeaseDeadline
 		case res := <-renewals:
 			switch {
-			case errors.Is(res.err, errLeaseGone):
+			case errors.Is(res.Err, leaseclock.ErrLeaseGone):
 				return concurrency.ErrSessionExpired
-			case res.err != nil:
-				r.o.log.Debug("elect: lease renewal failed", "prefix", r.pfx, "err", res.err, "deadline", deadline)
-			case res.deadline.After(deadline):
-				deadline = res.deadline
+			case res.Err != nil:
+				r.o.log.Debug("elect: lease renewal failed", "prefix", r.pfx, "err", res.Err, "deadline", deadline)
+			case res.Deadline.After(deadline):
+				deadline = res.Deadline
 				expire.Reset(time.Until(deadline))
 			}
 		}

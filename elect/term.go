@@ -20,6 +20,14 @@ type Term struct {
 	cli *clientv3.Client
 }
 
+// NewTerm returns the Term of a leader key created at revision token, for
+// fencing the writes of a leader that was not elected by [Run]: an
+// [Election] that won (its Key and Rev), or a shard led through package
+// shard. It makes no request.
+func NewTerm(cli *clientv3.Client, identity, key string, token int64) *Term {
+	return &Term{Identity: identity, Key: key, Token: token, cli: cli}
+}
+
 // Guard returns a comparison that holds only while this term lasts in etcd:
 // the leader key exists with this term's create revision.
 func (t *Term) Guard() clientv3.Cmp {

@@ -1,4 +1,7 @@
-package elect
+// Package leaseclock renews an etcd lease on a schedule of its own and
+// learns, from each answered renewal, a moment before which etcd cannot
+// expire the lease: the clock by which a leader steps down early.
+package leaseclock
 
 import (
 	"context"
@@ -12,10 +15,10 @@ import (
 	"github.com/quietlock/quietlock/internal/retry"
 )
 
-// errLeaseGone is a renewal's error when etcd says the lease does not exist.
-var errLeaseGone = errors.New("elect: lease not found")
+// ErrLeaseGone is a renewal's error when etcd says the lease does not exist.
+var ErrLeaseGone = errors.New("leaseclock: lease not found")
 
-// leaseClock learns, from renewals it sends itself, a moment before which
+// Clock learns, from renewals it sends itself, a moment before which
 // etcd cannot expire the lease.
 //
 // etcd expires a lease TTL after its leader processed the last renewal. A
@@ -30,40 +33,41 @@ var errLeaseGone = errors.New("elect: lease not found")
 // would cost a re-authentication per renewal when the client uses a
 // password. Renewals through etcd's gRPC proxy are not supported: the proxy
 // answers from a renewal of its own, which may be older.
-type leaseClock struct {
-	cli    *clientv3.Client
-	id     clientv3.LeaseID
-	margin time.Duration
-	// answered, if not nil, is called as each answer to a renewal arrives.
-	answered func()
+type Clock struct {
+	Client *clientv3.Client
+	Lease  clientv3.LeaseID
+	// Margin is subtracted from every deadline.
+	Margin time.Duration
+	// Answered, if not nil, is called as each answer to a renewal arrives.
+	Answered func()
 }
 
-// renewal is what one answered (or failed) renewal proves.
-type renewal struct {
-	deadline time.Time // send time + granted TTL - margin
-	err      error
+// Renewal is what one answered (or failed) renewal proves.
+type Renewal struct {
+	Deadline time.Time // send time + granted TTL - margin
+	Err      error
 }
 
-// run renews the lease at once and then every interval, sending what each
+// Run renews the lease at once and then every interval, sending what each
 // renewal proves to out, until ctx ends. A failed renewal is retried sooner,
 // with a backoff. run never blocks its reader: out must have room for one
 // value, and the reader must keep reading until run returns.
-func (lc leaseClock) run(ctx context.Context, interval time.Duration, out chan<- renewal) {
+func (lc Clock) Run(ctx context.Context, interval time.Duration, out chan<- Renewal) {
 	ctx = clientv3.WithRequireLeader(ctx)
-	leases := pb.NewLeaseClient(lc.cli.ActiveConnection())
+	leases := pb.NewLeaseClient(lc.Client.ActiveConnection())
 	bo := retry.NewBackOff()
 	var stream pb.Lease_LeaseKeepAliveClient
 	for {
-		var r renewal
+		var r Renewal
 		if stream == nil {
 			var err error
 			if stream, err = leases.LeaseKeepAlive(ctx); err != nil {
-				r.err = fmt.Errorf("elect: open keepalive stream: %w", err)
+				r.Err = fmt.Errorf("leaseclock: open keepalive stream: %w", err)
 			}
 		}
 		if stream != nil {
 			r = lc.renew(stream)
-			if r.err != nil && !errors.Is(r.err, errLeaseGone) {
+			if r.Err != nil && !errors.Is(r.Err, ErrLeaseGone) {
 				stream = nil // broken: open a new one next time
 			}
 		}
@@ -73,7 +77,7 @@ func (lc leaseClock) run(ctx context.Context, interval time.Duration, out chan<-
 			return
 		}
 		wait := interval
-		if r.err != nil {
+		if r.Err != nil {
 			wait = min(bo.NextBackOff(), interval)
 		} else {
 			bo.Reset()
@@ -85,20 +89,20 @@ func (lc leaseClock) run(ctx context.Context, interval time.Duration, out chan<-
 }
 
 // renew sends one renewal on stream and waits for its answer.
-func (lc leaseClock) renew(stream pb.Lease_LeaseKeepAliveClient) renewal {
+func (lc Clock) renew(stream pb.Lease_LeaseKeepAliveClient) Renewal {
 	sent := time.Now()
-	if err := stream.Send(&pb.LeaseKeepAliveRequest{ID: int64(lc.id)}); err != nil {
-		return renewal{err: fmt.Errorf("elect: renew lease: %w", err)}
+	if err := stream.Send(&pb.LeaseKeepAliveRequest{ID: int64(lc.Lease)}); err != nil {
+		return Renewal{Err: fmt.Errorf("leaseclock: renew lease: %w", err)}
 	}
 	resp, err := stream.Recv()
 	switch {
 	case err != nil:
-		return renewal{err: fmt.Errorf("elect: renew lease: %w", err)}
+		return Renewal{Err: fmt.Errorf("leaseclock: renew lease: %w", err)}
 	case resp.TTL <= 0:
-		return renewal{err: errLeaseGone}
+		return Renewal{Err: ErrLeaseGone}
 	}
-	if lc.answered != nil {
-		lc.answered()
+	if lc.Answered != nil {
+		lc.Answered()
 	}
-	return renewal{deadline: sent.Add(time.Duration(resp.TTL)*time.Second - lc.margin)}
+	return Renewal{Deadline: sent.Add(time.Duration(resp.TTL)*time.Second - lc.Margin)}
 }
