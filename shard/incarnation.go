@@ -25,9 +25,10 @@ type incarnation struct {
 	n     *notifier
 
 	deadline time.Time // the lease cannot expire before: all terms end then
+	joinRev  int64     // revision of the latest write of the membership key
 	mir      *mirror
 	terms    map[string]*term // by shard, from the start of a term until it has finished
-	busy     map[string]bool  // shards with a claim or cleanup in flight
+	busy     map[string]bool  // shards with a claim or cleanup in flight ("": the membership key)
 	inflight int
 
 	results  chan result
@@ -57,10 +58,10 @@ const (
 	releaseLease                // the incarnation revokes its lease
 )
 
-// result is the outcome of a claim, or of the cleanup of a key of ours
-// without a term.
+// result is the outcome of a write of the loop's: a claim, the cleanup of
+// a key of ours without a term, or the membership key written again.
 type result struct {
-	shard string
+	shard string // "" for the membership key
 	claim bool
 	ok    bool  // the claim won, or the key was deleted
 	rev   int64 // of the response
@@ -131,6 +132,8 @@ func (s *incarnation) done(res result) {
 	s.inflight--
 	delete(s.busy, res.shard)
 	switch {
+	case res.shard == "" && res.err == nil:
+		s.joinRev = res.rev
 	case res.err != nil:
 		// The outcome is unknown: the watch will show the key if it exists,
 		// and reconcile then takes it or deletes it.
@@ -139,7 +142,7 @@ func (s *incarnation) done(res result) {
 	case res.claim && res.rev > s.mir.rev:
 		// Ahead of the watch; its event for this key will say the same.
 		s.mir.put(s.key(res.shard), res.rev, s.r.identity)
-	case !res.claim && res.rev > s.mir.rev:
+	case res.shard != "" && !res.claim && res.rev > s.mir.rev:
 		delete(s.mir.shards[res.shard], s.lease)
 		if len(s.mir.shards[res.shard]) == 0 {
 			delete(s.mir.shards, res.shard)
@@ -170,6 +173,11 @@ func (s *incarnation) reconcile() {
 	}
 	r.m.members.Set(float64(len(members)))
 	_, joined := s.mir.members[s.lease]
+	if !joined && s.mir.rev >= s.joinRev && !s.busy[""] {
+		// Someone deleted our membership key: without it the others count
+		// our shards as no member's. Write it again.
+		s.rejoin()
+	}
 	owners := make(map[string]int64, len(shards))
 	for _, sh := range shards {
 		if l, _, ok := s.mir.leader(sh); ok {
@@ -265,6 +273,16 @@ func (s *incarnation) claim(sh string) {
 			If(clientv3.Compare(clientv3.CreateRevision(pfx), "=", 0).WithPrefix()).
 			Then(clientv3.OpPut(key, s.r.identity, clientv3.WithLease(clientv3.LeaseID(s.lease)))).
 			Commit()
+	})
+}
+
+// rejoin writes the membership key again.
+func (s *incarnation) rejoin() {
+	s.busy[""] = true
+	s.inflight++
+	key := s.r.pfx + leaseKey(membersDir, s.lease)
+	s.write("", false, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+		return s.r.cli.Txn(ctx).Then(clientv3.OpPut(key, s.r.identity, clientv3.WithLease(clientv3.LeaseID(s.lease)))).Commit()
 	})
 }
 

@@ -20,9 +20,8 @@ type member struct {
 // and a handover costs one claim.
 //
 // The plan leaves a shard with its leader while that leader leads no more
-// than its share: with n shards and m members, the first n mod m members,
-// in order of how many shards they lead (most first, then earliest joined),
-// may lead ceil(n/m) shards, the others floor(n/m). A member that leads more
+// than its share: with n shards and m members, the n mod m members that
+// joined first may lead ceil(n/m) shards, the others floor(n/m). A member that leads more
 // gives up the shards it prefers least; those and the shards without leader
 // go, in name order, to the member under its share that prefers them most.
 // Preference is rendezvous hashing of the shard's name and the member's
@@ -52,11 +51,11 @@ func plan(shards []string, members []member, owners map[string]int64) map[string
 		}
 	}
 
+	// The extra shares go to the members that joined first: an order that
+	// does not change while shards move, so that a plan made halfway
+	// through a handover agrees with the plan that started it.
 	order := slices.Clone(members)
 	slices.SortFunc(order, func(a, b member) int {
-		if c := cmp.Compare(len(led[b.lease]), len(led[a.lease])); c != 0 {
-			return c
-		}
 		return cmp.Or(cmp.Compare(a.joined, b.joined), cmp.Compare(a.lease, b.lease))
 	})
 	share := make(map[int64]int, len(order))

@@ -3,6 +3,7 @@ package shard
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -174,4 +175,71 @@ func clone(m map[string]int64) map[string]int64 {
 		c[k] = v
 	}
 	return c
+}
+
+// settleStepwise moves one shard at a time, as the processes would with
+// up-to-date views: it picks at random one pending action of the current
+// plan (a member resigning a shard the plan takes from it, or the planned
+// member claiming a shard without leader), applies it and plans again. It
+// returns the number of claims.
+func settleStepwise(t *testing.T, r *rand.Rand, shards []string, ms []member, owners map[string]int64) int {
+	t.Helper()
+	claims := 0
+	for step := 0; ; step++ {
+		if step > 4*len(shards)+10 {
+			t.Fatalf("no fixed point after %d steps", step)
+		}
+		p := plan(shards, ms, owners)
+		var pending []string
+		for _, s := range shards {
+			o, led := owners[s]
+			if (led && p[s] != o && p[s] != 0) || (led && p[s] == 0 && o != -1) || (!led && p[s] != 0) {
+				pending = append(pending, s)
+			}
+		}
+		if len(pending) == 0 {
+			return claims
+		}
+		s := pending[r.IntN(len(pending))]
+		if _, led := owners[s]; led {
+			delete(owners, s)
+		} else {
+			owners[s] = p[s]
+			claims++
+		}
+	}
+}
+
+// Halfway through a handover the plan still agrees with the plan that
+// started it: moving shards one at a time, in any order, a join claims
+// exactly the newcomer's share, and a leave exactly what the leaver led.
+func TestPlanStableWhileMoving(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	shards := names(1000)
+	ms := members(11, 22, 33, 44, 55)
+	owners := map[string]int64{}
+	if got := settleStepwise(t, r, shards, ms, owners); got != 1000 {
+		t.Fatalf("start: %d claims, want 1000", got)
+	}
+	joined := append(ms, member{lease: 66, joined: 300})
+	if got := settleStepwise(t, r, shards, joined, owners); got != 166 {
+		t.Errorf("join: %d claims, want 166 (the newcomer's share)", got)
+	}
+	if lo, hi := spread(shards, joined, owners); lo != 166 || hi != 167 {
+		t.Errorf("after a join: min %d max %d", lo, hi)
+	}
+	led := 0
+	for s, o := range owners {
+		if o == 33 {
+			delete(owners, s)
+			led++
+		}
+	}
+	left := slices.DeleteFunc(slices.Clone(joined), func(m member) bool { return m.lease == 33 })
+	if got := settleStepwise(t, r, shards, left, owners); got != led {
+		t.Errorf("leave: %d claims, want %d (what the leaver led)", got, led)
+	}
+	if lo, hi := spread(shards, left, owners); lo != 200 || hi != 200 {
+		t.Errorf("after a leave: min %d max %d", lo, hi)
+	}
 }

@@ -271,10 +271,12 @@ func (r *Runner) join(ctx context.Context, n *notifier) error {
 		resigns: make(chan struct{}, r.o.inflight),
 	}
 	r.m.writes.Inc()
-	if _, err := r.cli.Put(ctx, r.pfx+leaseKey(membersDir, s.lease), r.identity, clientv3.WithLease(g.ID)); err != nil {
+	put, err := r.cli.Put(ctx, r.pfx+leaseKey(membersDir, s.lease), r.identity, clientv3.WithLease(g.ID))
+	if err != nil {
 		s.revoke()
 		return fmt.Errorf("shard: join: %w", err)
 	}
+	s.joinRev = put.Header.Revision
 	r.o.log.Info("shard: joined", "prefix", r.pfx, "identity", r.identity, "lease", fmt.Sprintf("%x", s.lease))
 
 	var wg sync.WaitGroup
