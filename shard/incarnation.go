@@ -139,6 +139,7 @@ func (s *incarnation) done(res result) {
 		// and reconcile then takes it or deletes it.
 		s.r.o.log.Warn("shard: write failed", "prefix", s.r.pfx, "shard", res.shard, "err", res.err)
 	case !res.ok:
+		s.r.o.log.Debug("shard: write found the key changed", "prefix", s.r.pfx, "shard", res.shard, "claim", res.claim, "revision", res.rev)
 	case res.claim && res.rev > s.mir.rev:
 		// Ahead of the watch; its event for this key will say the same.
 		s.mir.put(s.key(res.shard), res.rev, s.r.identity)

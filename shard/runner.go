@@ -49,47 +49,10 @@ type Callbacks struct {
 	OnNewLeader func(shard, identity string)
 }
 
-// Runner leads many shards with one lease, among processes that run a
-// Runner on the same prefix, and balances the leaders across them. Make one
-// with [New], give it shards with [Runner.Add], and call [Runner.Run].
-//
-// # What it costs etcd
-//
-// Each process keeps one lease, renewed on one clock (a lease renewal is not
-// a raft entry), one membership key on that lease, written once when the
-// process joins, and one watch on the whole prefix, whatever the number of
-// shards. A shard's leader holds one key, as etcd's election would. While
-// the leaders do not change, the runner writes nothing: no revision, no
-// raft entry, however many shards and processes there are.
-//
-// Every process sees every member and every leader key through its watch
-// and computes the same plan (see the README: the leaders' shares, and
-// rendezvous hashing for the rest), so a shard without leader is claimed by
-// the one process the plan gives it to: one conditional write, whatever the
-// number of processes. A handover to balance costs two writes (the
-// resignation and the claim); a join one more (the membership key), a
-// graceful leave one (revoking the lease deletes all the process's keys at
-// once).
-//
-// # Failure
-//
-// A process renews its lease on its own schedule, noting when each renewal
-// was sent, and ends every term it has (cancelling their contexts) at the
-// send time of the last answered renewal plus the TTL minus the safety
-// margin: a process cut off from etcd steps down from all its shards before
-// etcd can expire its lease. It then revokes its lease if it can and joins
-// again with a new one. A crashed process's keys go when its lease expires,
-// and the shards are led elsewhere at once. No two terms of a shard overlap
-// in etcd: a shard's leader key is created only when the shard has none.
-// Fence writes with each term's token, as with elect.Run.
-//
-// # Limits
-//
-// Give every process the same shards. The plan is computed from each
-// process's own list: a shard that some processes do not know of yet can be
-// planned for one of them, and stays without a leader until it knows the
-// shard too (or leaves). Shards led by keys that are not a member's (etcd's
-// own candidates, say) are left to them and count for no one's share.
+// Runner leads this process's share of many shards with one lease, among
+// the processes that run a Runner on the same prefix (see the package
+// documentation). Make one with [New], give it shards with [Runner.Add],
+// and call [Runner.Run]. Its methods are safe for concurrent use.
 type Runner struct {
 	cli      *clientv3.Client
 	pfx      string // with the trailing "/"

@@ -40,6 +40,7 @@ func TestClaimAnswerLost(t *testing.T) {
 	before := c.Stats()
 	p := start(t, cli, j, "a", shardNames(3))
 	quietlocktest.WaitFor(t, "a leads all", func() bool { return balanced(t, c, 3, p) })
+	settle(t, c)
 	if lost.Load() != 1 {
 		t.Fatal("no claim answer was lost")
 	}

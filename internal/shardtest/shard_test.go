@@ -14,6 +14,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/goleak"
 
 	"github.com/quietlock/quietlock/elect"
@@ -29,7 +30,7 @@ var debugLog *slog.Logger
 
 func init() {
 	if os.Getenv("SHARD_DEBUG") != "" {
-		debugLog = slog.New(slog.NewTextHandler(os.Stderr, nil))
+		debugLog = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 }
 
@@ -192,6 +193,24 @@ func balanced(t *testing.T, c *quietlocktest.Etcd, n int, procs ...*proc) bool {
 	return len(c.Keys(pfx+"/shards/")) == n
 }
 
+// settle waits until the server's raft log has not moved for half a
+// second: writes the runners had in flight while reaching a state (a claim
+// sent on a view a moment old, say) have landed, so counts taken next are
+// the state's own.
+func settle(t *testing.T, c *quietlocktest.Etcd) {
+	t.Helper()
+	last := c.Stats().RaftIndex
+	quietlocktest.WaitFor(t, "the raft log at rest", func() bool {
+		time.Sleep(500 * time.Millisecond)
+		now := c.Stats().RaftIndex
+		if now == last {
+			return true
+		}
+		last = now
+		return false
+	})
+}
+
 func leases(t *testing.T, c *quietlocktest.Etcd) int {
 	t.Helper()
 	resp, err := c.Client.Leases(t.Context())
@@ -226,24 +245,29 @@ func TestBalanceJoinLeave(t *testing.T) {
 		t.Errorf("%d keys, want %d (a leader key per shard, a membership key per process)", got, n+3)
 	}
 
-	// Every shard is an election with etcd's layout.
-	obs, err := clientv3.New(quietlocktest.ClientConfig(c.Endpoint))
+	// Every shard is an election with etcd's layout: etcd's Election
+	// reports the same leader.
+	obs, err := concurrency.NewSession(c.NewClient())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer obs.Close()
 	leaders := a.r.Leaders()
-	for _, sh := range shards[:5] {
-		resp, err := obs.Get(t.Context(), pfx+"/shards/"+sh+"/", clientv3.WithFirstCreate()...)
-		if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != leaders[sh] {
-			t.Errorf("shard %s: etcd's leader %v (%v), runner's view %q", sh, resp, err, leaders[sh])
+	for _, sh := range shards {
+		resp, err := concurrency.NewElection(obs, pfx+"/shards/"+sh).Leader(t.Context())
+		if err != nil || string(resp.Kvs[0].Value) != leaders[sh] {
+			t.Errorf("shard %s: etcd's Election says %v (%v), the runner %q", sh, resp, err, leaders[sh])
 		}
+	}
+	if err := obs.Close(); err != nil {
+		t.Fatal(err)
 	}
 
 	// A join: the others hand over exactly what the newcomer's share needs.
+	settle(t, c)
 	before := c.Stats()
 	e := start(t, c.NewClient(), j, "d", shards, ttl)
 	quietlocktest.WaitFor(t, "4 processes balanced", func() bool { return balanced(t, c, n, a, b, d, e) })
+	settle(t, c)
 	after := c.Stats()
 	// A membership key, 15 resignations, 15 claims; and the lease grant,
 	// a raft entry only.
@@ -260,6 +284,7 @@ func TestBalanceJoinLeave(t *testing.T) {
 		t.Errorf("after a leave: %d leases, want 3", got)
 	}
 	quietlocktest.WaitFor(t, "3 processes balanced again", func() bool { return balanced(t, c, n, a, b, d) })
+	settle(t, c)
 	after = c.Stats()
 	// The revocation and 15 claims.
 	if revs, entries := after.Revision-before.Revision, after.RaftIndex-before.RaftIndex; revs != 1+15 || entries != revs {
@@ -309,6 +334,7 @@ func TestStableWritesNothing(t *testing.T) {
 		procs = append(procs, start(t, c.NewClient(), j, id, shards, opts...))
 	}
 	quietlocktest.WaitFor(t, "balanced", func() bool { return balanced(t, c, n, procs...) })
+	settle(t, c)
 	terms := len(j.records())
 
 	// Four TTLs: each process renews its lease about 12 times.
