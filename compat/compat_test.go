@@ -26,6 +26,7 @@ import (
 
 	"github.com/quietlock/quietlock/elect"
 	"github.com/quietlock/quietlock/lock"
+	"github.com/quietlock/quietlock/shard"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -397,6 +398,54 @@ func TestRun(t *testing.T) {
 	otherCancel()
 	if err := <-otherDone; err != nil {
 		t.Errorf("Run of the second leader: %v", err)
+	}
+	if n := e.keys(t, pfx+"/"); n != 0 {
+		t.Errorf("keys left: %d", n)
+	}
+}
+
+// shard.Runner on the oldest client and etcd 3.4: two processes share six
+// shards three and three, write nothing while stable, and one leaving hands
+// its shards to the other at once.
+func TestShard(t *testing.T) {
+	e := startEtcd(t)
+	const pfx = "/compat/shard"
+	shards := []string{"s0", "s1", "s2", "s3", "s4", "s5"}
+	start := func(id string) (*shard.Runner, context.CancelFunc, <-chan error) {
+		r, err := shard.New(newClient(t, e.endpoint), pfx, id, shard.Callbacks{
+			OnStartedLeading: func(ctx context.Context, _ string, _ *elect.Term) { <-ctx.Done() },
+		}, shard.WithTTL(2*time.Second), shard.WithSafetyMargin(500*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Add(shards...); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- r.Run(ctx) }()
+		return r, cancel, done
+	}
+	a, acancel, adone := start("a")
+	defer acancel()
+	b, bcancel, bdone := start("b")
+	defer bcancel()
+	waitFor(t, "three shards each", func() bool {
+		return len(a.Leading()) == 3 && len(b.Leading()) == 3 && e.keys(t, pfx+"/shards/") == 6
+	})
+	before := e.stats(t)
+	time.Sleep(2 * time.Second) // a TTL: several renewals each
+	if after := e.stats(t); after.rev != before.rev || after.raft != before.raft {
+		t.Errorf("stable for 2 s: revision %d -> %d, raft index %d -> %d", before.rev, after.rev, before.raft, after.raft)
+	}
+	bcancel()
+	if err := <-bdone; err != nil {
+		t.Errorf("Run of b: %v", err)
+	}
+	waitFor(t, "a leads all six", func() bool { return len(a.Leading()) == 6 })
+	acancel()
+	if err := <-adone; err != nil {
+		t.Errorf("Run of a: %v", err)
 	}
 	if n := e.keys(t, pfx+"/"); n != 0 {
 		t.Errorf("keys left: %d", n)
