@@ -63,9 +63,12 @@
 //
 // # Limits
 //
-// Give every process the same shards. A process plans from its own list: a
-// shard that some processes do not know of yet can be planned for one of
-// them, and stays without leader until it knows the shard too (or leaves).
-// Shards led by keys that are no member's (etcd's own candidates, say) are
-// left to them and count for no one's share.
+// Give every process the same shards, and add or remove them on every
+// process. A process plans from its own list: a shard that some processes
+// do not know of (not yet, or no longer) can be planned for one of them,
+// and stays without leader until all agree (or that process leaves).
+// Shards led by keys that are no member's (etcd's own candidates, or any
+// other key under a shard's election prefix) are left to them; they still
+// count among the n shards, so with f of them the balance can be off by up
+// to f.
 package shard

@@ -33,6 +33,7 @@ func leaseKey(dir string, lease int64) string { return dir + strconv.FormatInt(l
 type entry struct {
 	createRev int64
 	value     string
+	lease     int64 // of a key named after its lease (ours and etcd's); 0 for any other key
 }
 
 // mirror is this process's copy of every key under the prefix, kept by one
@@ -40,17 +41,26 @@ type entry struct {
 // shard, without a request per shard.
 type mirror struct {
 	pfx     string
-	rev     int64                      // revision the mirror is at
-	members map[int64]entry            // by lease
-	shards  map[string]map[int64]entry // shard -> lease -> key
+	rev     int64                       // revision the mirror is at
+	members map[int64]entry             // by lease
+	shards  map[string]map[string]entry // shard -> key -> entry: every key under the shard's election prefix
+
+	// deleted holds keys of this process known to be deleted, with their
+	// create revision: a watch event or a read older than the deletion
+	// (the deletion was applied here ahead of the watch) does not bring
+	// them back.
+	deleted map[string]int64
 }
 
 func newMirror(pfx string) *mirror {
-	return &mirror{pfx: pfx, members: map[int64]entry{}, shards: map[string]map[int64]entry{}}
+	return &mirror{pfx: pfx, members: map[int64]entry{}, shards: map[string]map[string]entry{}, deleted: map[string]int64{}}
 }
 
-// parse splits a key under the prefix into its directory, its shard (for a
-// leader key) and its lease. ok is false for keys of any other form.
+// parse splits a key under the prefix into its directory and, for a key
+// under a shard's election prefix, the shard. lease is the lease the key is
+// named after, or 0. ok is false for keys of any other form. Every key
+// under pfx/shards/<shard>/ belongs to the shard, whatever its form: a claim
+// on the shard compares with all of them.
 func (m *mirror) parse(key string) (dir, shard string, lease int64, ok bool) {
 	rest, found := strings.CutPrefix(key, m.pfx)
 	if !found {
@@ -62,7 +72,7 @@ func (m *mirror) parse(key string) (dir, shard string, lease int64, ok bool) {
 		dir, hex = membersDir, rest[len(membersDir):]
 	case strings.HasPrefix(rest, shardsDir):
 		rest = rest[len(shardsDir):]
-		i := strings.LastIndexByte(rest, '/')
+		i := strings.IndexByte(rest, '/')
 		if i <= 0 {
 			return "", "", 0, false
 		}
@@ -71,7 +81,10 @@ func (m *mirror) parse(key string) (dir, shard string, lease int64, ok bool) {
 		return "", "", 0, false
 	}
 	lease, err := strconv.ParseInt(hex, 16, 64)
-	if err != nil || lease == 0 {
+	if err != nil || lease <= 0 || strconv.FormatInt(lease, 16) != hex {
+		lease = 0
+	}
+	if dir == membersDir && lease == 0 {
 		return "", "", 0, false
 	}
 	return dir, shard, lease, true
@@ -79,18 +92,21 @@ func (m *mirror) parse(key string) (dir, shard string, lease int64, ok bool) {
 
 // put records key, created at createRev with value.
 func (m *mirror) put(key string, createRev int64, value string) {
+	if rev, ok := m.deleted[key]; ok && createRev <= rev {
+		return
+	}
 	dir, shard, lease, ok := m.parse(key)
 	switch {
 	case !ok:
 	case dir == membersDir:
-		m.members[lease] = entry{createRev, value}
+		m.members[lease] = entry{createRev, value, lease}
 	default:
 		keys := m.shards[shard]
 		if keys == nil {
-			keys = map[int64]entry{}
+			keys = map[string]entry{}
 			m.shards[shard] = keys
 		}
-		keys[lease] = entry{createRev, value}
+		keys[key] = entry{createRev, value, lease}
 	}
 }
 
@@ -102,9 +118,22 @@ func (m *mirror) del(key string) {
 	case dir == membersDir:
 		delete(m.members, lease)
 	default:
-		delete(m.shards[shard], lease)
+		delete(m.shards[shard], key)
 		if len(m.shards[shard]) == 0 {
 			delete(m.shards, shard)
+		}
+	}
+}
+
+// forget removes key, created at createRev, ahead of the watch: it was
+// deleted by a write of this process.
+func (m *mirror) forget(key string, createRev int64) {
+	if createRev > m.deleted[key] {
+		m.deleted[key] = createRev
+	}
+	if _, shard, _, ok := m.parse(key); ok {
+		if e, ok := m.shards[shard][key]; ok && e.createRev <= createRev {
+			m.del(key)
 		}
 	}
 }
@@ -112,7 +141,7 @@ func (m *mirror) del(key string) {
 // apply brings the mirror to what u reports.
 func (m *mirror) apply(u update) {
 	if u.reset {
-		m.members, m.shards = map[int64]entry{}, map[string]map[int64]entry{}
+		m.members, m.shards = map[int64]entry{}, map[string]map[string]entry{}
 		for _, kv := range u.kvs {
 			m.put(string(kv.Key), kv.CreateRevision, string(kv.Value))
 		}
@@ -130,13 +159,13 @@ func (m *mirror) apply(u update) {
 }
 
 // leader returns the leader key of shard (the one created first), if any.
-func (m *mirror) leader(shard string) (lease int64, e entry, ok bool) {
-	for l, k := range m.shards[shard] {
-		if !ok || k.createRev < e.createRev {
-			lease, e, ok = l, k, true
+func (m *mirror) leader(shard string) (key string, e entry, ok bool) {
+	for k, en := range m.shards[shard] {
+		if !ok || en.createRev < e.createRev {
+			key, e, ok = k, en, true
 		}
 	}
-	return lease, e, ok
+	return key, e, ok
 }
 
 // update is what the watch reports: a full read (reset, with kvs) or the

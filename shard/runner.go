@@ -126,9 +126,14 @@ func (r *Runner) Add(shards ...string) error {
 	return nil
 }
 
-// Remove removes shards: a term of one of them ends (with [ErrRemoved]) and
-// this process hands the shard over; it no longer claims it. Invalid names
-// remove none.
+// Remove removes shards: a term of one of them ends (with [ErrRemoved]),
+// this process deletes its leader key, and it no longer claims the shard.
+// Invalid names remove none.
+//
+// The shards are the group's configuration: add and remove them on every
+// process. A shard removed on some processes only can be planned for one of
+// those, and stays without leader until all agree (see the package
+// documentation, "Limits").
 func (r *Runner) Remove(shards ...string) error {
 	if err := checkShards(shards); err != nil {
 		return err
@@ -178,8 +183,10 @@ func (r *Runner) Leaders() map[string]string {
 // over without waiting for a TTL. It returns nil after ctx ends, once every
 // callback and goroutine of its own has returned; [ErrRunning] if Run is
 // already running; [ErrClientClosed] if the client is closed; and errors
-// etcd returns that cannot go away (permission denied, say). Other errors
-// are retried with a backoff.
+// etcd returns to any of its requests that cannot go away (permission
+// denied, say), after ending every term. Other errors are retried with a
+// backoff: a failed write pauses all the runner's writes for a while, and
+// a lost lease ends every term and joins again with a new one.
 func (r *Runner) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return ErrRunning
@@ -229,6 +236,7 @@ func (r *Runner) join(ctx context.Context, n *notifier) error {
 		deadline: sent.Add(time.Duration(g.TTL)*time.Second - margin),
 		mir:      newMirror(r.pfx),
 		terms:    map[string]*term{}, busy: map[string]bool{},
+		ended: map[string]int64{}, bo: retry.NewBackOff(),
 		results: make(chan result), finished: make(chan finish),
 		quit: make(chan struct{}), released: make(chan struct{}),
 		resigns: make(chan struct{}, r.o.inflight),
@@ -294,7 +302,7 @@ func startNotifier(f func(shard, identity string)) *notifier {
 			}
 			for {
 				n.mu.Lock()
-				if len(n.queue) == 0 {
+				if len(n.queue) == 0 || n.stopped() {
 					n.mu.Unlock()
 					break
 				}
@@ -306,6 +314,15 @@ func startNotifier(f func(shard, identity string)) *notifier {
 		}
 	}()
 	return n
+}
+
+func (n *notifier) stopped() bool {
+	select {
+	case <-n.quit:
+		return true
+	default:
+		return false
+	}
 }
 
 func (n *notifier) notify(shard, identity string) {
