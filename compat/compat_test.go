@@ -169,9 +169,19 @@ func (e *etcd) stats(t *testing.T) stats {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := e.cli.Status(ctx, strings.TrimPrefix(e.endpoint, "http://"))
-	if err != nil {
-		t.Fatal(err)
+	// etcd answers a write a moment before it counts its entry as
+	// applied: read until the applied index has caught up with the commit
+	// index, so that every write already answered is counted.
+	var st *clientv3.StatusResponse
+	for {
+		var err error
+		if st, err = e.cli.Status(ctx, strings.TrimPrefix(e.endpoint, "http://")); err != nil {
+			t.Fatal(err)
+		}
+		if st.RaftAppliedIndex >= st.RaftIndex {
+			break
+		}
+		time.Sleep(time.Millisecond)
 	}
 	m, err := e.get(ctx, "/metrics")
 	if err != nil {

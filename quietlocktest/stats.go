@@ -24,12 +24,28 @@ type Stats struct {
 // ReadStats reads the store revision and raft applied index through a
 // Status call (which writes nothing) and the watcher gauges from /metrics.
 //
+// etcd answers a write once it has applied the write's entry but a moment
+// before it counts the entry as applied, so a Status call right after a
+// write can report the applied index one short. ReadStats reads until the
+// applied index has caught up with the commit index, so that every write
+// already answered is counted.
+//
 // The watcher gauges are process-wide for embedded servers: run one embedded
 // server at a time when comparing them.
 func ReadStats(ctx context.Context, c *clientv3.Client, endpoint string) (Stats, error) {
-	st, err := c.Status(ctx, strings.TrimPrefix(endpoint, "http://"))
-	if err != nil {
-		return Stats{}, fmt.Errorf("quietlocktest: status: %w", err)
+	var st *clientv3.StatusResponse
+	for {
+		var err error
+		st, err = c.Status(ctx, strings.TrimPrefix(endpoint, "http://"))
+		if err != nil {
+			return Stats{}, fmt.Errorf("quietlocktest: status: %w", err)
+		}
+		if st.RaftAppliedIndex >= st.RaftIndex {
+			break
+		}
+		if err := sleepCtx(ctx, time.Millisecond); err != nil {
+			return Stats{}, fmt.Errorf("quietlocktest: applied index behind the commit index: %w", err)
+		}
 	}
 	m, err := Metrics(ctx, endpoint, "etcd_debugging_mvcc_watcher_total", "etcd_debugging_mvcc_watch_stream_total")
 	if err != nil {
