@@ -43,6 +43,7 @@ type faultEnv struct {
 	rec     *recorder
 	cands   []*faultCandidate
 	mutex   bool // candidates use lock.Mutex rather than elect.Run
+	mark    int  // holds recorded when holder() last returned
 }
 
 func newFaultEnv(t *testing.T, mutex bool, n int) *faultEnv {
@@ -114,6 +115,26 @@ func (r *recorder) finish(tm *term) {
 	if tm.end.IsZero() {
 		tm.end = time.Now()
 	}
+}
+
+// count returns the number of holds recorded so far.
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.terms)
+}
+
+// holdsSince reports whether name has an open hold among those recorded
+// after the first n.
+func (r *recorder) holdsSince(name string, n int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, tm := range r.terms[min(n, len(r.terms)):] {
+		if tm.name == name && tm.end.IsZero() {
+			return true
+		}
+	}
+	return false
 }
 
 // cut ends the open hold of name now, if it has one: an operator is about
@@ -335,6 +356,7 @@ func (e *faultEnv) holder() *faultCandidate {
 		name, ok = e.rec.holder()
 		return ok && e.hasOwner()
 	})
+	e.mark = e.rec.count()
 	return e.candidate(name)
 }
 
@@ -346,7 +368,13 @@ func (e *faultEnv) recovered(not *faultCandidate) *faultCandidate {
 	e.t.Helper()
 	deadline := time.Now().Add(faultTTL + recoverBound)
 	for time.Now().Before(deadline) {
-		if name, ok := e.rec.holder(); ok && (not == nil || name != not.name) && e.hasOwner() {
+		// A holder other than not, or not itself in a term begun since
+		// holder() named it (its old term ended and it won again).
+		name, ok := e.rec.holder()
+		if ok && not != nil && name == not.name {
+			ok = e.rec.holdsSince(name, e.mark)
+		}
+		if ok && e.hasOwner() {
 			return e.candidate(name)
 		}
 		time.Sleep(20 * time.Millisecond)
