@@ -1,12 +1,13 @@
 package elect
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/quietlock/quietlock/internal/silent"
 )
 
 // Defaults of [Run]'s options.
@@ -108,7 +109,7 @@ func WithHealth(h *Health) Option {
 }
 
 func newOptions(opts []Option) (*options, error) {
-	o := &options{ttl: DefaultTTL, log: slog.New(discardHandler{})}
+	o := &options{ttl: DefaultTTL, log: silent.Logger()}
 	for _, opt := range opts {
 		if opt == nil {
 			return nil, fmt.Errorf("%w: nil option", ErrBadOption)
@@ -131,12 +132,3 @@ func newOptions(opts []Option) (*options, error) {
 	}
 	return o, nil
 }
-
-// discardHandler is an slog.Handler that drops every record: the logger of a
-// Run without [WithLogger]. (slog.DiscardHandler needs Go 1.24.)
-type discardHandler struct{}
-
-func (discardHandler) Enabled(context.Context, slog.Level) bool  { return false }
-func (discardHandler) Handle(context.Context, slog.Record) error { return nil }
-func (h discardHandler) WithAttrs([]slog.Attr) slog.Handler      { return h }
-func (h discardHandler) WithGroup(string) slog.Handler           { return h }

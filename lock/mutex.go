@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/quietlock/quietlock/internal/acquire"
+	"github.com/quietlock/quietlock/internal/silent"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
@@ -70,7 +71,7 @@ type Mutex struct {
 // calls took). A waiting Lock moves only the waiting gauge: it sends
 // nothing, so nothing is counted.
 func NewMutex(s *concurrency.Session, pfx string, opts ...Option) *Mutex {
-	m := &Mutex{s: s, pfx: pfx + "/", log: slog.New(discardHandler{})}
+	m := &Mutex{s: s, pfx: pfx + "/", log: silent.Logger()}
 	o, err := newOptions(opts)
 	switch {
 	case s == nil:

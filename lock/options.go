@@ -1,11 +1,12 @@
 package lock
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/quietlock/quietlock/internal/silent"
 )
 
 // Option configures a [Mutex]; see [NewMutex].
@@ -50,7 +51,7 @@ func WithRegisterer(r prometheus.Registerer) Option {
 }
 
 func newOptions(opts []Option) (*options, error) {
-	o := &options{log: slog.New(discardHandler{})}
+	o := &options{log: silent.Logger()}
 	for _, opt := range opts {
 		if opt == nil {
 			return nil, fmt.Errorf("%w: nil option", ErrBadOption)
@@ -61,12 +62,3 @@ func newOptions(opts []Option) (*options, error) {
 	}
 	return o, nil
 }
-
-// discardHandler is an slog.Handler that drops every record: the logger of
-// a Mutex without [WithLogger]. (slog.DiscardHandler needs Go 1.24.)
-type discardHandler struct{}
-
-func (discardHandler) Enabled(context.Context, slog.Level) bool  { return false }
-func (discardHandler) Handle(context.Context, slog.Record) error { return nil }
-func (h discardHandler) WithAttrs([]slog.Attr) slog.Handler      { return h }
-func (h discardHandler) WithGroup(string) slog.Handler           { return h }

@@ -1,7 +1,6 @@
 package shard
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"time"
@@ -9,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/quietlock/quietlock/elect"
+	"github.com/quietlock/quietlock/internal/silent"
 )
 
 // Option configures [New].
@@ -94,7 +94,7 @@ func WithMaxInFlight(n int) Option {
 }
 
 func newOptions(opts []Option) (*options, error) {
-	o := &options{ttl: elect.DefaultTTL, log: slog.New(discardHandler{}), inflight: 32}
+	o := &options{ttl: elect.DefaultTTL, log: silent.Logger(), inflight: 32}
 	for _, opt := range opts {
 		if opt == nil {
 			return nil, fmt.Errorf("%w: nil option", ErrBadOption)
@@ -112,11 +112,3 @@ func newOptions(opts []Option) (*options, error) {
 	}
 	return o, nil
 }
-
-// discardHandler is an slog.Handler that drops every record.
-type discardHandler struct{}
-
-func (discardHandler) Enabled(context.Context, slog.Level) bool  { return false }
-func (discardHandler) Handle(context.Context, slog.Record) error { return nil }
-func (h discardHandler) WithAttrs([]slog.Attr) slog.Handler      { return h }
-func (h discardHandler) WithGroup(string) slog.Handler           { return h }
