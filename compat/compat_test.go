@@ -424,7 +424,7 @@ func TestShard(t *testing.T) {
 	start := func(id string) (*shard.Runner, context.CancelFunc, <-chan error) {
 		r, err := shard.New(newClient(t, e.endpoint), pfx, id, shard.Callbacks{
 			OnStartedLeading: func(ctx context.Context, _ string, _ *elect.Term) { <-ctx.Done() },
-		}, shard.WithTTL(2*time.Second), shard.WithSafetyMargin(500*time.Millisecond))
+		}, shard.WithTTL(5*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -443,10 +443,21 @@ func TestShard(t *testing.T) {
 	waitFor(t, "three shards each", func() bool {
 		return len(a.Leading()) == 3 && len(b.Leading()) == 3 && e.keys(t, pfx+"/shards/") == 6
 	})
+	// A claim that lost a race at the start may still be on its way (a
+	// failed Txn is a raft entry): wait for the raft log to rest first.
 	before := e.stats(t)
-	time.Sleep(2 * time.Second) // a TTL: several renewals each
+	waitFor(t, "the raft log at rest", func() bool {
+		time.Sleep(500 * time.Millisecond)
+		now := e.stats(t)
+		if now.raft == before.raft {
+			return true
+		}
+		before = now
+		return false
+	})
+	time.Sleep(5 * time.Second) // a TTL: renewals from each
 	if after := e.stats(t); after.rev != before.rev || after.raft != before.raft {
-		t.Errorf("stable for 2 s: revision %d -> %d, raft index %d -> %d", before.rev, after.rev, before.raft, after.raft)
+		t.Errorf("stable for 5 s: revision %d -> %d, raft index %d -> %d", before.rev, after.rev, before.raft, after.raft)
 	}
 	bcancel()
 	if err := <-bdone; err != nil {

@@ -336,7 +336,7 @@ type snapshot struct {
 func (d *cluster) snapshot(ctx context.Context, cli *clientv3.Client) (*snapshot, error) {
 	ctx, cancel := context.WithTimeout(ctx, reachTimeout)
 	defer cancel()
-	st, err := cli.Status(ctx, strings.TrimPrefix(strings.TrimPrefix(cli.Endpoints()[0], "http://"), "https://"))
+	st, err := status(ctx, cli)
 	if err != nil {
 		return nil, err
 	}
@@ -546,4 +546,23 @@ func (ev event) text() string {
 		return s + fmt.Sprintf(", work counter %d", *ev.Counter)
 	}
 	return ev.Event
+}
+
+// status reads etcd's Status from cli's first endpoint. etcd answers a
+// write a moment before it counts the write's entry as applied, so it reads
+// again until the applied index has caught up with the commit index: every
+// write already answered is then counted.
+func status(ctx context.Context, cli *clientv3.Client) (*clientv3.StatusResponse, error) {
+	ep := strings.TrimPrefix(strings.TrimPrefix(cli.Endpoints()[0], "http://"), "https://")
+	for {
+		st, err := cli.Status(ctx, ep)
+		if err != nil || st.RaftAppliedIndex >= st.RaftIndex {
+			return st, err
+		}
+		select {
+		case <-time.After(time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 }

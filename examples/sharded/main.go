@@ -405,7 +405,7 @@ func (d *cluster) readStatus(ctx context.Context) (status, error) {
 	ctx, cancel := context.WithTimeout(ctx, reachTimeout)
 	defer cancel()
 	before := d.state()
-	st, err := d.cli.Status(ctx, strings.TrimPrefix(strings.TrimPrefix(d.cli.Endpoints()[0], "http://"), "https://"))
+	st, err := etcdStatus(ctx, d.cli)
 	if err != nil {
 		return status{}, fmt.Errorf("etcd status: %w", err)
 	}
@@ -432,14 +432,18 @@ func (d *cluster) printStatus(ctx context.Context, settled *status) *status {
 	d.mu.Unlock()
 	ev := event{
 		Event: "status", Revision: s.revision, RaftIndex: s.raftIndex,
-		Settled: s.state.settled, Changes: s.state.changes, Writes: s.state.writes,
+		Changes: s.state.changes, Writes: s.state.writes,
 		Applied: applied, Refused: refused,
 		SinceStart: &growth{Revisions: s.revision - d.start.revision, RaftEntries: int64(s.raftIndex - d.start.raftIndex)},
 	}
 	if settled == nil && s.state.settled {
 		settled = &s
 	}
+	// Settled only in the state of the last settling: a tick can come
+	// between a new settling and its table, and that line would otherwise
+	// claim a settling it has no counts for.
 	if settled != nil && s.state.settled && s.state == settled.state {
+		ev.Settled = true
 		ev.SinceSettled = &growth{Revisions: s.revision - settled.revision, RaftEntries: int64(s.raftIndex - settled.raftIndex)}
 	}
 	d.out.print(ev)
@@ -860,4 +864,23 @@ func (ev event) text() string {
 		return fmt.Sprintf("stopped: %d keys left under the prefix", *ev.Keys)
 	}
 	return ev.Event
+}
+
+// etcdStatus reads etcd's Status from cli's first endpoint. etcd answers a
+// write a moment before it counts the write's entry as applied, so it reads
+// again until the applied index has caught up with the commit index: every
+// write already answered is then counted.
+func etcdStatus(ctx context.Context, cli *clientv3.Client) (*clientv3.StatusResponse, error) {
+	ep := strings.TrimPrefix(strings.TrimPrefix(cli.Endpoints()[0], "http://"), "https://")
+	for {
+		st, err := cli.Status(ctx, ep)
+		if err != nil || st.RaftAppliedIndex >= st.RaftIndex {
+			return st, err
+		}
+		select {
+		case <-time.After(time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 }
