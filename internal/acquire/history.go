@@ -29,8 +29,9 @@ const maxSlots = 32
 //     waited longest: it attempts at once, without reading first. One that
 //     has waited on one owner fewer attempts one Slot later, and so on.
 //   - Without a history, a contender that has already lost a handover in
-//     this call waits half a Slot, then a random delay from a window that
-//     doubles with each handover it loses, up to 2^maxDoublings slots.
+//     this call waits half a Backoff, then a random delay from a window of
+//     one Backoff that doubles with each handover it loses, up to
+//     2^maxDoublings of them.
 //
 // A contender that delayed reads before it claims: by then the one ahead
 // of it has most likely claimed, and the read (which costs no raft entry)
@@ -41,6 +42,18 @@ const maxSlots = 32
 type History struct {
 	rounds int // owners waited on by the latest winning call; 0 before it
 }
+
+// Backoff is the unit of the random delay of a contender without a
+// history (see History). It is ten slots, not one: a contender that backs
+// off is not told of the next owner's deletion until it has read again
+// after its delay, so under heavy contention most of the contenders that
+// have not learnt their place yet sit out the next handover, and the
+// deletion reaches, and wakes, fewer clients. Measured with 64 standbys on
+// clients of their own, a handover every 200 ms, this made it about a
+// third faster and cost one raft entry fewer (median). The one that sits
+// out a handover cannot miss the prefix becoming free: it reads when its
+// delay ends.
+const Backoff = 10 * Slot
 
 // maxDoublings caps the random window of a contender without a history.
 const maxDoublings = 6
@@ -69,8 +82,8 @@ func (h *History) delay(rounds int) time.Duration {
 		return time.Duration(slots)*Slot + rand.N(Slot/4)
 	case rounds >= 2:
 		// Not at once: a contender whose history puts it first goes first.
-		window := Slot << min(rounds-1, maxDoublings)
-		return Slot/2 + rand.N(window)
+		window := Backoff << min(rounds-1, maxDoublings)
+		return Backoff/2 + rand.N(window)
 	}
 	return 0
 }
