@@ -38,10 +38,12 @@
 // win first, such as a lone standby, never delays. Until the waiters have
 // each won once, one that has lost draws a random delay instead, from a
 // window of 20 ms that doubles with each loss; while it waits it is not
-// told of the next deletion, so fewer clients are woken by each. Measured with 16 and 64 standbys on
-// clients of their own: a handover costs a median of 2 to 3 raft entries
-// (17 and 65 without the ordering), at 1.7 and 3 to 5 times the latency of
-// etcd's queue, whose next waiter is the only one notified. See the README
+// told of the next deletion, so fewer clients are woken by each (at the
+// price of a p99 of tens of milliseconds while the waiters learn). Measured
+// with 16 and 64 standbys on clients of their own: a handover costs a
+// median of 2 raft entries (17 and 65 without the ordering), at about 2
+// and 2.5 to 3 times the latency of etcd's queue, whose next waiter is the
+// only one notified. See the README
 // for the figures.
 //
 // etcd's own waiters (concurrency.Mutex, `etcdctl lock`) keep a key in a
